@@ -1,0 +1,251 @@
+"""The one configuration schema: dataclasses filled from omegaconf YAML plus ``key=value`` overrides,
+validated at load time with errors that name the offending key.
+
+Top-level run keys (``run_dir``, ``max_steps``, ``checkpoint_every``, ``resume``, ``zero_stage``,
+``seed``) sit at the root so the same overrides work on every config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Embedding, encoder and decoder sizes (ALGORITHM.md sections 2, 3, 5)."""
+
+    modality: str = "bytes"  # bytes | continuous
+    d_raw: int = 1  # continuous only: raw values per token
+    max_len: int = 1024  # n: padded input length
+    encoder: str = "perceiver"  # perceiver (cross-attention) | transformer (self-attention)
+    d_embed: int = 512  # input embedding width (= model width for the transformer)
+    num_latents: int = 256  # perceiver only
+    d_latent: int = 1024  # perceiver only: latent width
+    num_layers: int = 16  # self-attention layers after the first (perceiver) / in total (transformer)
+    num_heads: int = 8  # heads of the self-attention layers
+    cross_heads: int = 8  # heads of the perceiver's first cross-attention (selection heads)
+    cross_qk_dim: int = 256  # perceiver: q/k width of the first cross-attention
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    decoder_dim: int = 512  # decoder query width
+    decoder_heads: int = 8
+    tie_decoder_positions: bool = False  # decoder queries reuse the encoder's position table
+    tie_output_embedding: bool = False  # discrete: output logits reuse the input embedding
+    decoder_mask_vector: bool = True  # learned vector added to every decoder query
+    standardize_targets: bool = False  # continuous: MSE on per-sample standardized targets
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class MaskingConfig:
+    """Mask selection (ALGORITHM.md section 4)."""
+
+    mode: str = "guided"  # guided | random | span | word
+    ratio: float = 0.15
+    num_per_query: float = 4.0
+    head_aggregation: str = "mean"  # mean | random_mix
+    mask_self: bool = False
+    select_initial_ratio: float = 0.0  # r0 of the random -> guided curriculum
+    curriculum_fraction: float = 0.0  # share of max_steps over which the cosine runs
+    span_length: float = 3.0  # span baseline: mean span length
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from. ``format: builtin`` uses the small corpus shipped in the repo."""
+
+    format: str = "builtin"  # builtin | mds | wds
+    train_url: str = ""
+    eval_url: str = ""
+    builtin: str = "text"  # builtin corpus: text | protein | higgs | smiles
+    cache_dir: str = ""  # local cache for streamed shards (default: <run_dir>/cache)
+    micro_batch_size: int = 8  # per rank
+    num_workers: int = 0
+    shuffle: bool = True
+    shuffle_buffer: int = 1000  # wds only
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with decoupled weight decay, warmup + cosine schedule."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    optimizer: str = "torch_adamw"  # torch_adamw | deepspeed_adamw
+
+
+@dataclass
+class TrainConfig:
+    """The whole run: model, masking, data, optimization, and the run keys at the root."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run_dir: str = "runs/default"
+    max_steps: int = 1000
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    resume: str = ""  # "" | auto | PATH
+    zero_stage: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    seed: int = 0
+    eval_every: int = 0  # 0: never
+    eval_batches: int = 4
+    log_every: int = 10
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "sma"
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.modality": ("bytes", "continuous"),
+    "model.encoder": ("perceiver", "transformer"),
+    "masking.mode": ("guided", "random", "span", "word"),
+    "masking.head_aggregation": ("mean", "random_mix"),
+    "data.format": ("builtin", "mds", "wds"),
+    "data.builtin": ("text", "protein", "higgs", "smiles"),
+    "optim.optimizer": ("torch_adamw", "deepspeed_adamw"),
+    "precision": ("fp32", "bf16", "fp16"),
+    "wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate_model(model: ModelConfig, masking: MaskingConfig | None = None, prefix: str = "") -> None:
+    """Check model (and masking) settings for consistency; raise ``ConfigError`` naming the key."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{prefix}{key}: {msg}")
+
+    for key in ("max_len", "d_embed", "num_layers", "num_heads", "decoder_dim", "decoder_heads", "d_raw"):
+        need(getattr(model, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(model, key)}")
+    need(model.num_layers >= 1, "model.num_layers", "must be >= 1")
+    need(0.0 <= model.dropout < 1.0, "model.dropout", f"must lie in [0, 1), got {model.dropout}")
+    need(model.decoder_dim % model.decoder_heads == 0, "model.decoder_heads",
+         f"decoder_dim={model.decoder_dim} is not divisible by decoder_heads={model.decoder_heads}")
+    if model.encoder == "perceiver":
+        need(1 <= model.num_latents <= model.max_len, "model.num_latents",
+             f"must lie in [1, max_len={model.max_len}], got {model.num_latents}")
+        need(model.d_latent % model.num_heads == 0, "model.num_heads",
+             f"d_latent={model.d_latent} is not divisible by num_heads={model.num_heads}")
+        need(model.cross_qk_dim % model.cross_heads == 0, "model.cross_heads",
+             f"cross_qk_dim={model.cross_qk_dim} is not divisible by cross_heads={model.cross_heads}")
+    else:
+        need(model.d_embed % model.num_heads == 0, "model.num_heads",
+             f"d_embed={model.d_embed} is not divisible by num_heads={model.num_heads}")
+    if model.tie_decoder_positions:
+        need(model.decoder_dim == model.d_embed, "model.tie_decoder_positions",
+             "needs decoder_dim == d_embed")
+    if model.tie_output_embedding:
+        need(model.modality == "bytes", "model.tie_output_embedding", "only applies to modality=bytes")
+    if masking is not None:
+        need(0.0 < masking.ratio < 1.0, "masking.ratio", f"must lie in (0, 1), got {masking.ratio}")
+        need(masking.num_per_query > 0, "masking.num_per_query", f"must be > 0, got {masking.num_per_query}")
+        need(0.0 <= masking.select_initial_ratio <= 1.0, "masking.select_initial_ratio",
+             f"must lie in [0, 1], got {masking.select_initial_ratio}")
+        need(0.0 <= masking.curriculum_fraction <= 1.0, "masking.curriculum_fraction",
+             f"must lie in [0, 1], got {masking.curriculum_fraction}")
+        if masking.mask_self:
+            need(model.encoder == "transformer", "masking.mask_self",
+                 "only applies to the self-attention (transformer) encoder")
+        if masking.mode in ("span", "word"):
+            need(model.modality == "bytes" or masking.mode == "span", "masking.mode",
+                 "word masking needs modality=bytes")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check choices, ranges and cross-field consistency; raise ``ConfigError`` naming the key."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    validate_model(cfg.model, cfg.masking)
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    need(cfg.max_steps >= 1, "max_steps", f"must be >= 1, got {cfg.max_steps}")
+    need(cfg.checkpoint_every >= 0, "checkpoint_every", "must be >= 0 (0: only at the end)")
+    need(cfg.keep_last >= 1, "keep_last", "must be >= 1")
+    need(cfg.zero_stage in (0, 1, 2, 3), "zero_stage", f"must be 0, 1, 2 or 3, got {cfg.zero_stage}")
+    need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
+         f"must be two numbers in [0, 1), got {list(cfg.optim.betas)}")
+    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must lie in [0, 1]")
+    need(cfg.optim.grad_accum >= 1, "optim.grad_accum", "must be >= 1")
+    need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: no clipping)")
+    need(cfg.data.micro_batch_size >= 1, "data.micro_batch_size", "must be >= 1")
+    need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    if cfg.data.format != "builtin":
+        need(bool(cfg.data.train_url), "data.train_url", f"is required for data.format={cfg.data.format}")
+    if cfg.data.builtin == "higgs" and cfg.data.format == "builtin":
+        need(cfg.model.modality == "continuous", "model.modality", "the builtin higgs data is continuous")
+    if cfg.zero_stage == 3 and cfg.optim.optimizer not in ("torch_adamw", "deepspeed_adamw"):
+        raise ConfigError("optim.optimizer: ZeRO stage 3 cannot shard this optimizer")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load ``path`` (YAML) onto the schema, apply ``key=value`` overrides, validate.
+
+    Unknown keys and wrong types raise ``ConfigError`` naming the key (and the file).
+    """
+    schema = OmegaConf.structured(TrainConfig)
+    where = str(path) if path is not None else "<defaults>"
+    try:
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            schema = OmegaConf.merge(schema, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
+        cfg: TrainConfig = OmegaConf.to_object(schema)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg} (in {where})") from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, as saved in the run directory."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Rebuild a ``ModelConfig`` from a plain dict (as stored in checkpoints), ignoring unknown keys
+    so checkpoints from older versions still load."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in d.items() if k in names})
