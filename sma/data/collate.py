@@ -1,0 +1,53 @@
+"""Collate shard samples into padded ``sma.inputs.Batch`` objects (padding lives in ``sma.inputs``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from sma.data.samples import Sample
+from sma.inputs import Batch, InputError, pad_continuous, pad_ids
+
+
+class Collate:
+    """Pad a list of samples to ``max_len``.
+
+    Discrete samples give ``inputs (B, max_len)`` int64 ids; continuous ones ``inputs (B, max_len,
+    d_raw)`` float32; ``valid (B, max_len)`` bool in both cases. Continuous labels ``y`` become
+    ``targets (B,)``. ``mean``/``std`` (each ``(n,)`` or ``(n, d_raw)``), when given, standardize
+    continuous values feature by feature with statistics stored next to the shards.
+    """
+
+    def __init__(self, max_len: int, mean: np.ndarray | None = None, std: np.ndarray | None = None):
+        self.max_len = max_len
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32).reshape(-1, 1)
+        self.std = None if std is None else np.asarray(std, dtype=np.float32).reshape(-1, 1)
+
+    def __call__(self, samples: Sequence[Sample]) -> Batch:
+        if "ids" in samples[0]:
+            return pad_ids([s["ids"] for s in samples], self.max_len)
+        xs = [self._standardize(s["x"]) for s in samples]
+        batch = pad_continuous(xs, self.max_len)
+        if "y" in samples[0]:
+            batch.targets = torch.tensor(np.array([s["y"] for s in samples], dtype=np.float32))
+        return batch
+
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        if self.mean is None or self.std is None:
+            return x
+        if x.shape[0] != self.mean.shape[0]:
+            raise InputError(
+                f"sample has {x.shape[0]} tokens but the stored statistics cover {self.mean.shape[0]}"
+            )
+        return (x - self.mean) / self.std
+
+
+def batch_to_tuple(batch: Batch) -> tuple[torch.Tensor, ...]:
+    """``Batch`` as a tuple, for loaders that count samples with ``len(batch[0])`` (streaming's)."""
+    return (batch.inputs, batch.valid) if batch.targets is None else (batch.inputs, batch.valid, batch.targets)
+
+
+def tuple_to_batch(t: tuple[torch.Tensor, ...]) -> Batch:
+    return Batch(t[0], t[1], t[2] if len(t) > 2 else None)
