@@ -48,7 +48,7 @@ class MultiHeadAttention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, H*d) -> (B, H, L, d)"""
         b, n, _ = x.shape
-        return x.view(b, n, self.heads, -1).transpose(1, 2)
+        return x.view(b, n, self.heads, x.shape[-1] // self.heads).transpose(1, 2)
 
     def project_q(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Lq, d_q) -> (B, H, Lq, qk_dim / H)"""
@@ -67,7 +67,7 @@ class MultiHeadAttention(nn.Module):
         """Attend with projected heads and merge them: returns (B, Lq, d_out)."""
         out = attend(q, k, v, key_valid, self.dropout if self.training else 0.0)
         b, _, lq, _ = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(b, lq, -1))
+        return self.to_out(out.transpose(1, 2).reshape(b, lq, self.to_out.in_features))
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor,
                 key_valid: torch.Tensor | None = None) -> torch.Tensor:
