@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 from dataclasses import dataclass
 
 import torch
@@ -79,9 +80,11 @@ class InputEmbedding(nn.Module):
         return self.norm(self.token(x) + self.position[:n])
 
 
-@dataclass
-class EncoderOutput:
-    """states: (B, L, D) final states; states_valid: (B, L) bool or None (all valid);
+class EncoderOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 finds a module's output tensors (to re-gather
+    its parameters for backward) only inside tuples, lists and dicts.
+
+    states: (B, L, D) final states; states_valid: (B, L) bool or None (all valid);
     mask: (B, n) bool masked tokens (all False without a selector); positions: (B, L) input position of
     each state for the token encoder, None for latents."""
 
@@ -201,8 +204,9 @@ class SMAEncoder(nn.Module):
         return self.encoder(self.embed(x), valid, select)
 
 
-@dataclass
-class PretrainOutput:
+class PretrainOutput(NamedTuple):
+    """A NamedTuple for the same ZeRO-3 reason as ``EncoderOutput``."""
+
     loss: torch.Tensor  # scalar
     mask: torch.Tensor  # (B, n) bool, True = masked
     masked_ratio: torch.Tensor  # scalar: masked / valid tokens in the batch
