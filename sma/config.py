@@ -85,9 +85,11 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    optimizer: str = "torch_adamw"  # torch_adamw | deepspeed_adamw
+    grad_clip: float = 1.0  # max global grad norm; 0: no clipping
+    grad_accum: int = 1  # micro-batches per optimizer step (ignored when global_batch_size is set)
+    global_batch_size: int = 0  # samples per optimizer step over all ranks; 0: micro * accum * world
+    optimizer: str = "torch_adamw"  # torch_adamw (no C++ build) | deepspeed_adamw (fused kernel)
+    offload_optimizer: bool = False  # ZeRO-Offload: optimizer states and step on the CPU (ZeRO 1-3)
 
 
 @dataclass
@@ -205,6 +207,16 @@ def validate(cfg: TrainConfig) -> None:
         need(bool(cfg.data.train_url), "data.train_url", f"is required for data.format={cfg.data.format}")
     if cfg.data.builtin == "higgs" and cfg.data.format == "builtin":
         need(cfg.model.modality == "continuous", "model.modality", "the builtin higgs data is continuous")
+    need(cfg.optim.global_batch_size >= 0, "optim.global_batch_size", "must be >= 0 (0: micro * accum * world)")
+    need(cfg.log_every >= 1, "log_every", f"must be >= 1, got {cfg.log_every}")
+    need(cfg.eval_every >= 0, "eval_every", "must be >= 0 (0: never)")
+    need(cfg.eval_batches >= 1, "eval_batches", "must be >= 1")
+    if cfg.optim.offload_optimizer:
+        # ZeRO-Offload moves the optimizer's *partitions* to the CPU: stage 0 has none, and the CPU step
+        # is DeepSpeed's own CPU Adam, which a torch optimizer cannot stand in for.
+        need(cfg.zero_stage >= 1, "optim.offload_optimizer", "needs zero_stage 1, 2 or 3")
+        need(cfg.optim.optimizer == "deepspeed_adamw", "optim.offload_optimizer",
+             "needs optim.optimizer=deepspeed_adamw (ZeRO-Offload steps with DeepSpeed's CPU Adam)")
     if cfg.zero_stage == 3 and cfg.optim.optimizer not in ("torch_adamw", "deepspeed_adamw"):
         raise ConfigError("optim.optimizer: ZeRO stage 3 cannot shard this optimizer")
 
@@ -242,6 +254,16 @@ def to_yaml(cfg: TrainConfig) -> str:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Rebuild a validated ``TrainConfig`` from ``to_dict``'s output (as stored in exported weights)."""
+    try:
+        cfg: TrainConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), d))  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{getattr(e, 'full_key', None) or '?'}: {str(e).splitlines()[0]} (stored config)") from None
+    validate(cfg)
+    return cfg
 
 
 def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:

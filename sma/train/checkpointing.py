@@ -1,0 +1,169 @@
+"""Checkpoints: DeepSpeed's sharded ZeRO checkpoint plus each rank's trainer state, an atomic ``latest``
+pointer, keep-last-K pruning, and resume lookup (same or different world size).
+
+Layout under ``<run_dir>/checkpoints/``::
+
+    latest                              tag of the newest complete checkpoint (replaced atomically)
+    step00000200/                       one tag per save
+        mp_rank_00_model_states.pt      DeepSpeed (stage 3: one per rank)
+        *zero_pp_rank_<r>_*optim_states.pt  DeepSpeed, one per rank (ZeRO 1-3, bf16)
+        trainer_rank<r>.pt              step, data-reader position and RNG states of rank r
+        config.yaml                     the resolved run config
+        meta.json                       written last, by rank 0, once every rank has finished: the
+                                        completion mark (a crash mid-save leaves none, and no ``latest``)
+    step00000200.universal/             made on demand to resume on a different world size
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sma.config import ConfigError
+from sma.train.env import DistEnv
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+META = "meta.json"
+_TAG = re.compile(r"^step(\d{8})$")
+# Fault injection for the crash-during-save test: the process kills itself after its shards are written
+# and before the checkpoint is marked complete, exactly like a node lost mid-save.
+_KILL_IN_SAVE_ENV = "SMA_KILL_DURING_SAVE_AT_STEP"
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def is_complete(tag_dir: Path) -> bool:
+    return (tag_dir / META).is_file()
+
+
+def read_meta(tag_dir: Path) -> dict[str, Any]:
+    return json.loads((tag_dir / META).read_text())
+
+
+def complete_tags(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _TAG.match(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_checkpoint(resume: str, root: Path) -> Path | None:
+    """The tag directory to resume from. ``resume``: "" (none), "auto" (newest complete one under
+    ``root``, or None on a fresh run), or a path to a checkpoints folder or to one tag folder."""
+    if not resume:
+        return None
+    if resume == "auto":
+        latest = root / LATEST
+        if latest.is_file():
+            tag_dir = root / latest.read_text().strip()
+            if is_complete(tag_dir):
+                return tag_dir
+            log.warning("%s points to %s, which is incomplete; using the newest complete one", latest, tag_dir)
+        tags = complete_tags(root)
+        return tags[-1] if tags else None
+    path = Path(resume)
+    if (path / LATEST).is_file():
+        path = path / (path / LATEST).read_text().strip()
+    if not is_complete(path):
+        raise ConfigError(f"resume: {resume} is not a complete checkpoint (no {META} in {path})")
+    return path
+
+
+class CheckpointManager:
+    """Saves and restores training state under ``root`` on every rank; keeps the newest ``keep_last``."""
+
+    def __init__(self, root: Path, keep_last: int, env: DistEnv) -> None:
+        self.root = root
+        self.keep_last = keep_last
+        self.env = env
+
+    def save(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str) -> Path:
+        """Write checkpoint ``step`` on all ranks (a collective: every rank must call it)."""
+        tag = tag_for(step)
+        tag_dir = self.root / tag
+        if self.env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if tag_dir.exists():  # debris of a save that crashed before completing
+                shutil.rmtree(tag_dir)
+        torch.distributed.barrier()
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
+        _atomic_torch_save(trainer_state, tag_dir / f"trainer_rank{self.env.rank:05d}.pt")
+        if os.environ.get(_KILL_IN_SAVE_ENV) == str(step):
+            os.kill(os.getpid(), 9)
+        torch.distributed.barrier()  # every rank's files are on disk past this point
+        if self.env.is_main:
+            (tag_dir / "config.yaml").write_text(config_yaml)
+            meta = {"step": step, "world_size": self.env.world_size, "zero_stage": engine.zero_optimization_stage()}
+            _atomic_write_text(tag_dir / META, json.dumps(meta))
+            _atomic_write_text(self.root / LATEST, tag)
+            self._prune()
+        torch.distributed.barrier()
+        return tag_dir
+
+    def _prune(self) -> None:
+        keep = {p.name for p in complete_tags(self.root)[-self.keep_last:]}
+        for p in self.root.iterdir():
+            m = re.match(r"^(step\d{8})(\.universal)?$", p.name)
+            if m and m.group(1) not in keep and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                log.info("removed old checkpoint %s", p)
+
+    def needs_universal(self, tag_dir: Path) -> bool:
+        """A checkpoint with per-rank optimizer partitions, saved on another world size, is loaded
+        through DeepSpeed's universal format, which re-partitions it."""
+        sharded = any(tag_dir.glob("*optim_states.pt"))
+        return sharded and read_meta(tag_dir)["world_size"] != self.env.world_size
+
+    def to_universal(self, tag_dir: Path) -> Path:
+        """Convert ``tag_dir`` to DeepSpeed's universal checkpoint (rank 0 converts, the rest wait)."""
+        out = tag_dir.with_name(tag_dir.name + ".universal")
+        if self.env.is_main and not (out / META).is_file():
+            from argparse import Namespace
+
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+            shutil.rmtree(out, ignore_errors=True)
+            log.info("converting %s to a universal checkpoint for world size %d", tag_dir, self.env.world_size)
+            ds_to_universal(Namespace(input_folder=str(tag_dir), output_folder=str(out), num_extract_workers=1,
+                                      num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                      inject_missing_state=True))
+            shutil.copy(tag_dir / META, out / META)
+        torch.distributed.barrier()
+        return out
+
+    def load(self, engine: Any, tag_dir: Path) -> dict[str, Any]:
+        """Restore DeepSpeed state from ``tag_dir`` and return this rank's trainer state.
+
+        On a different world size rank r takes the state of saved rank ``r % saved_world_size``; the
+        caller decides what of it (the data position) still applies.
+        """
+        engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        saved_world = read_meta(tag_dir)["world_size"]
+        source = tag_dir.with_name(tag_dir.name.removesuffix(".universal"))
+        state_file = source / f"trainer_rank{self.env.rank % saved_world:05d}.pt"
+        state: dict[str, Any] = torch.load(state_file, map_location="cpu", weights_only=False)
+        return state

@@ -1,0 +1,205 @@
+"""The pretraining loop: DeepSpeed engine, resume, optimizer steps with gradient accumulation,
+periodic evaluation with fixed-seed masks, logging, checkpoints and preemption."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sma.config import TrainConfig, to_dict, to_yaml
+from sma.inputs import Batch
+from sma.train.checkpointing import CheckpointManager, find_checkpoint
+from sma.train.env import DistEnv
+from sma.train.metrics import MetricsLogger
+from sma.train.optim import client_optimizer, deepspeed_config, param_groups, scheduler_factory
+from sma.train.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag
+from sma.train.rng import rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger(__name__)
+
+# Offsets that keep the per-rank mask streams and the evaluation masks apart from the init seed.
+_RANK_SEED_STRIDE = 1_000_003
+_EVAL_SEED_OFFSET = 7_777_777
+
+
+def _on_device(batch: Batch, env: DistEnv, dtype: torch.dtype) -> Batch:
+    """Move a batch to the device; continuous values take the engine's dtype (bf16/fp16 weights)."""
+    batch = batch.to(env.device)
+    if torch.is_floating_point(batch.inputs) and batch.inputs.dtype != dtype:
+        batch = Batch(batch.inputs.to(dtype), batch.valid, batch.targets)
+    return batch
+
+
+def _dtype(cfg: TrainConfig) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+
+def rescale_data_state(state: dict[str, Any], saved_world: int, world: int, loader: Any) -> dict[str, Any]:
+    """A reader position saved on ``saved_world`` ranks, for ``world`` ranks.
+
+    Epoch-based readers count batches per rank (``{"epoch", "batch"}``); the run keeps its epoch and
+    the same share of it, so no epoch is lost or repeated (which samples of the current epoch come next
+    differs, as the epoch is split differently). Readers with a global position (streaming) pass as is.
+    """
+    if "batch" not in state:
+        return state
+    batch = state["batch"] * saved_world // world
+    limit = getattr(loader, "batches_per_epoch", batch)
+    return {**state, "batch": min(batch, limit)}
+
+
+class Evaluator:
+    """Pretraining loss on the held-out split with the same masks every time (fixed-seed generator),
+    averaged over all ranks. Leaves the global RNG untouched so training continues identically."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
+        from sma.data import build_loader
+
+        self.cfg, self.env = cfg, env
+        self.loader = build_loader(cfg, split="eval", rank=env.rank, world_size=env.world_size)
+
+    @torch.no_grad()
+    def __call__(self, engine: Any, progress: float) -> float:
+        saved = rng_state()
+        gen = torch.Generator(self.env.device).manual_seed(self.cfg.seed + _EVAL_SEED_OFFSET + self.env.rank)
+        engine.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        for i, batch in enumerate(self.loader):
+            if i == self.cfg.eval_batches:
+                break
+            out = engine(_on_device(batch, self.env, _dtype(self.cfg)), progress=progress, generator=gen)
+            total += torch.tensor([out.loss.item(), 1.0], dtype=torch.float64)
+        engine.train()
+        set_rng_state(saved)
+        torch.distributed.all_reduce(total)
+        return float(total[0] / total[1].clamp(min=1))
+
+
+class Pretrainer:
+    """One pretraining run on this rank; ``run()`` returns the process exit code (0 or 124)."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
+        import deepspeed
+
+        from sma.data import build_loader
+        from sma.model import build_pretrain_model
+
+        self.cfg, self.env = cfg, env
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_last, env)
+        resume_from = find_checkpoint(cfg.resume, self.ckpt.root)
+        universal = resume_from is not None and self.ckpt.needs_universal(resume_from)
+        if universal:
+            resume_from = self.ckpt.to_universal(resume_from)
+
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        model = build_pretrain_model(cfg.model, cfg.masking)
+        groups = param_groups(model, cfg.optim.weight_decay)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=groups, optimizer=client_optimizer(cfg, groups),
+            lr_scheduler=scheduler_factory(cfg),
+            config=deepspeed_config(cfg, env.world_size, load_universal=universal))
+        seed_everything(cfg.seed + _RANK_SEED_STRIDE * (env.rank + 1))  # each rank draws its own masks
+
+        self.loader = build_loader(cfg, split="train", rank=env.rank, world_size=env.world_size)
+        self.step = 0
+        if resume_from is not None:
+            self._restore(resume_from, same_world=not universal)
+        if env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+        self.evaluator = Evaluator(cfg, env) if cfg.eval_every else None
+        self.flag = PreemptionFlag()
+        self.logger = MetricsLogger(self.run_dir, enabled=env.is_main, start_step=self.step,
+                                    max_steps=cfg.max_steps, wandb_mode=cfg.wandb_mode,
+                                    wandb_project=cfg.wandb_project, config=to_dict(cfg))
+
+    def _restore(self, tag_dir: Path, same_world: bool) -> None:
+        state = self.ckpt.load(self.engine, tag_dir)
+        self.step = int(state["step"])
+        if same_world:
+            set_rng_state(state["rng"])
+            self.loader.load_state_dict(state["data"])
+        else:
+            # Other ranks, other streams: reseed per rank and step so the run stays reproducible.
+            seed_everything(self.cfg.seed + _RANK_SEED_STRIDE * (self.env.rank + 1) + self.step)
+            self.loader.load_state_dict(rescale_data_state(state["data"], state["world_size"],
+                                                           self.env.world_size, self.loader))
+        log.info("rank %d resumed from %s at step %d", self.env.rank, tag_dir, self.step)
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "rng": rng_state(), "data": self.loader.state_dict(),
+                "rank": self.env.rank, "world_size": self.env.world_size}
+
+    def _save(self) -> None:
+        path = self.ckpt.save(self.engine, self.step, self._trainer_state(), to_yaml(self.cfg))
+        log.info("saved checkpoint %s", path)
+
+    def _train_step(self, batches: Iterator[Batch]) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns this step's global metrics."""
+        engine, cfg = self.engine, self.cfg
+        lr = engine.get_lr()[0]
+        start = time.perf_counter()
+        # Summed over micro-batches, then over ranks: loss, masked ratio, tokens, samples, selection s.
+        local = torch.zeros(6, dtype=torch.float64)
+        accum = engine.gradient_accumulation_steps()
+        for _ in range(accum):
+            batch = _on_device(next(batches), self.env, _dtype(cfg))
+            out = engine(batch, progress=self.step / cfg.max_steps)
+            engine.backward(out.loss)
+            engine.step()
+            local[:5] += torch.tensor([out.loss.item(), out.masked_ratio.item(), batch.valid.sum().item(),
+                                       batch.valid.shape[0], out.selection_seconds], dtype=torch.float64)
+        local[5] = float(self.flag.raised)
+        torch.distributed.all_reduce(local)  # also tells every rank whether any rank was signalled
+        elapsed = time.perf_counter() - start
+        self.step += 1
+        n = accum * self.env.world_size
+        grad_norm = engine.get_global_grad_norm()
+        record = {
+            "step": self.step,
+            "loss": float(local[0] / n),
+            "lr": lr,
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "masked_ratio": float(local[1] / n),
+            "tokens_per_s": float(local[2] / elapsed),
+            "samples_per_s": float(local[3] / elapsed),
+            "selection_share": float(local[4] / self.env.world_size / elapsed),
+            "step_seconds": elapsed,
+            "preempt": bool(local[5] > 0),
+        }
+        return record
+
+    def run(self) -> int:
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            log.info("nothing to do: step %d >= max_steps %d", self.step, cfg.max_steps)
+            self.logger.close()
+            return 0
+        batches = iter(self.loader)
+        self.engine.train()
+        try:
+            while self.step < cfg.max_steps:
+                record = self._train_step(batches)
+                preempted = record.pop("preempt")
+                if self.evaluator and self.step % cfg.eval_every == 0:
+                    record["eval_loss"] = self.evaluator(self.engine, self.step / cfg.max_steps)
+                last = self.step == cfg.max_steps
+                if self.step % cfg.log_every == 0 or "eval_loss" in record or last or preempted:
+                    self.logger.log(record)
+                self.logger.progress(self.step, record["loss"], record["lr"], record["tokens_per_s"])
+                due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                if due or last or preempted:
+                    self._save()
+                if preempted:
+                    log.warning("rank %d: stop signal received; saved step %d, exiting for requeue",
+                                self.env.rank, self.step)
+                    return PREEMPTED_EXIT_CODE
+        finally:
+            self.logger.close()
+        return 0
