@@ -27,7 +27,7 @@ def reference_mask(q, k, valid, *, ratio, num_per_query, head_aggregation, mask_
                    generator=None, query_ids=None):
     """q: (B, H, Lq, d), k: (B, H, n, d), valid: (B, n), chosen: (B, m) padded with -1 -> (B, n) mask."""
     b, h, lq, d = q.shape
-    logits = (q.double() @ k.double().transpose(-1, -2)) / d ** 0.5  # (B, H, Lq, n): every query row
+    logits = (q @ k.transpose(-1, -2)) / d ** 0.5  # (B, H, Lq, n): every query row
     logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
     probs = logits.softmax(-1)
     if head_aggregation == "mean":
