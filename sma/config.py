@@ -73,6 +73,8 @@ class DataConfig:
     num_workers: int = 0
     shuffle: bool = True
     shuffle_buffer: int = 1000  # wds only
+    endpoint_url: str = ""  # S3 endpoint (default: S3_ENDPOINT_URL / AWS_ENDPOINT_URL from the environment)
+    validate_hash: bool = False  # mds only: check each downloaded shard's sha1 against the index
 
 
 @dataclass
@@ -203,6 +205,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: no clipping)")
     need(cfg.data.micro_batch_size >= 1, "data.micro_batch_size", "must be >= 1")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
     if cfg.data.format != "builtin":
         need(bool(cfg.data.train_url), "data.train_url", f"is required for data.format={cfg.data.format}")
     if cfg.data.builtin == "higgs" and cfg.data.format == "builtin":
@@ -221,6 +224,22 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("optim.optimizer: ZeRO stage 3 cannot shard this optimizer")
 
 
+def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[Any]:
+    """The YAML at ``path`` preceded by the chain of files it ``extends`` (a path relative to it), so a
+    baseline config states only what differs from the recipe it extends."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"extends: {path} extends itself (through {', '.join(map(str, seen))})")
+    layer = OmegaConf.load(path)
+    parent = layer.pop("extends", None)
+    if parent is None:
+        return [layer]
+    if not isinstance(parent, str):
+        raise ConfigError(f"extends: must be a path to a YAML file, got {parent!r} (in {path})")
+    return _yaml_layers(path.parent / parent, seen + (path.resolve(),)) + [layer]
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load ``path`` (YAML) onto the schema, apply ``key=value`` overrides, validate.
 
@@ -230,9 +249,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     where = str(path) if path is not None else "<defaults>"
     try:
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
-            schema = OmegaConf.merge(schema, OmegaConf.load(path))
+            for layer in _yaml_layers(Path(path)):
+                schema = OmegaConf.merge(schema, layer)
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:

@@ -44,9 +44,25 @@ class Collate:
         return (x - self.mean) / self.std
 
 
-def batch_to_tuple(batch: Batch) -> tuple[torch.Tensor, ...]:
-    """``Batch`` as a tuple, for loaders that count samples with ``len(batch[0])`` (streaming's)."""
-    return (batch.inputs, batch.valid) if batch.targets is None else (batch.inputs, batch.valid, batch.targets)
+def collate_for_shards(max_len: int, split_url: str, endpoint_url: str = "") -> Collate:
+    """A ``Collate`` using the standardization statistics stored next to the shards, if any."""
+    from sma.data.storage import join, read_json
+
+    stats = read_json(join(split_url, "stats.json"), endpoint_url, missing_ok=True)
+    if stats is None:
+        return Collate(max_len)
+    return Collate(max_len, np.asarray(stats["mean"]), np.asarray(stats["std"]))
+
+
+class TupleCollate:
+    """``Collate`` returning tuples, for loaders that count samples with ``len(batch[0])`` (streaming's)."""
+
+    def __init__(self, collate: Collate):
+        self.collate = collate
+
+    def __call__(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, ...]:
+        b = self.collate(samples)
+        return (b.inputs, b.valid) if b.targets is None else (b.inputs, b.valid, b.targets)
 
 
 def tuple_to_batch(t: tuple[torch.Tensor, ...]) -> Batch:

@@ -1,0 +1,113 @@
+"""MDS shards through mosaicml-streaming's ``StreamingDataset`` and ``StreamingDataLoader``.
+
+streaming does the per-rank partitioning (it reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` from
+the environment), the seeded epoch shuffle and the exact mid-epoch resume, which it supports only
+through its loader's ``state_dict()`` (samples consumed so far) and ``load_state_dict()``. Pitfalls
+handled here: the ``deepspeed`` launcher sets ``LOCAL_SIZE`` but not ``LOCAL_WORLD_SIZE``; a killed
+run leaves stale shared memory (cleaned once per process, before the first dataset); a cache folder
+reused for another remote silently serves the old data (one cache folder per remote URL); the S3
+endpoint is read from ``S3_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from sma.config import TrainConfig
+from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
+from sma.data.storage import is_local, join, local_path, use_endpoint
+from sma.data.streaming_import import import_streaming
+from sma.inputs import Batch, InputError
+
+log = logging.getLogger(__name__)
+_cleaned_shared_memory = False
+
+
+def set_local_world_size() -> None:
+    """The ``deepspeed`` launcher exports ``LOCAL_SIZE`` only; streaming needs ``LOCAL_WORLD_SIZE``
+    (without it, it fails with ``FileExistsError: '/000005_locals'``)."""
+    if "LOCAL_WORLD_SIZE" not in os.environ and "LOCAL_SIZE" in os.environ:
+        os.environ["LOCAL_WORLD_SIZE"] = os.environ["LOCAL_SIZE"]
+
+
+def check_world(rank: int, world_size: int) -> None:
+    """streaming takes the rank layout from the environment; make sure it agrees with the caller."""
+    env_world = int(os.environ.get("WORLD_SIZE", "1"))
+    env_rank = int(os.environ.get("RANK", "0"))
+    if (env_rank, env_world) != (rank, world_size):
+        raise ValueError(
+            f"MDS reading takes the rank layout from the environment (RANK={env_rank}, WORLD_SIZE={env_world}) "
+            f"but the caller asked for rank {rank} of {world_size}; start ranks with torchrun or deepspeed"
+        )
+
+
+def cache_folder(cfg: TrainConfig, url: str) -> str:
+    """One local cache folder per remote URL (streaming reuses a folder's files whatever the remote)."""
+    base = cfg.data.cache_dir or os.path.join(cfg.run_dir, "cache")
+    return os.path.join(base, hashlib.sha1(url.encode()).hexdigest()[:16])
+
+
+class MdsLoader:
+    """Trainer-facing wrapper: endless epochs for training, one fixed pass for evaluation."""
+
+    def __init__(self, loader: Any, train: bool, describe: str):
+        self.loader, self.train, self.describe = loader, train, describe
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        while True:  # each pass over a StreamingDataLoader is the dataset's next epoch
+            for t in self.loader:
+                yield tuple_to_batch(t)
+            if not self.train:
+                return
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reader": self.describe, "streaming": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("reader") != self.describe:
+            raise ValueError(f"loader state is for {state.get('reader')!r}, this loader reads {self.describe!r}")
+        self.loader.load_state_dict(state["streaming"])
+
+
+def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_size: int) -> MdsLoader:
+    global _cleaned_shared_memory
+    data = cfg.data
+    streaming = import_streaming()
+    set_local_world_size()
+    check_world(rank, world_size)
+    use_endpoint(data.endpoint_url)
+    if not _cleaned_shared_memory:
+        # Must run on every rank before any dataset of this process exists (it syncs local ranks).
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+        _cleaned_shared_memory = True
+    if is_local(url):
+        remote, local = None, local_path(url)
+        if not os.path.exists(os.path.join(local, "index.json")):
+            raise InputError(f"{url}/index.json not found: not an MDS folder, or its data_prep run has not "
+                             "finished (the index is written last)")
+    else:
+        remote, local = url, cache_folder(cfg, url)
+    dataset = streaming.StreamingDataset(
+        remote=remote, local=local, shuffle=train and data.shuffle, shuffle_seed=cfg.seed,
+        batch_size=data.micro_batch_size, validate_hash="sha1" if data.validate_hash else None,
+    )
+    collate = collate_for_shards(cfg.model.max_len, url, data.endpoint_url)
+    loader = streaming.StreamingDataLoader(
+        dataset, batch_size=data.micro_batch_size, num_workers=data.num_workers, drop_last=True,
+        collate_fn=TupleCollate(collate), persistent_workers=False,
+    )
+    log.info("mds %s: %d samples, %d batches per epoch per rank (cache %s)", url, dataset.size, len(loader), local)
+    return MdsLoader(loader, train, f"mds:{url}")
