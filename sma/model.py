@@ -77,6 +77,8 @@ class InputEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
+        if not self.discrete:
+            x = x.to(self.token.weight.dtype)  # float32 data into a bf16 / fp16 model
         return self.norm(self.token(x) + self.position[:n])
 
 
