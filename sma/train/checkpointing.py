@@ -85,12 +85,19 @@ def find_checkpoint(resume: str, root: Path) -> Path | None:
             log.warning("%s points to %s, which is incomplete; using the newest complete one", latest, tag_dir)
         tags = complete_tags(root)
         return tags[-1] if tags else None
-    path = Path(resume)
-    if (path / LATEST).is_file():
-        path = path / (path / LATEST).read_text().strip()
-    if not is_complete(path):
-        raise ConfigError(f"resume: {resume} is not a complete checkpoint (no {META} in {path})")
-    return path
+    try:
+        return resolve_checkpoint(Path(resume))
+    except FileNotFoundError as e:
+        raise ConfigError(f"resume: {e}") from None
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoints folder (meaning its ``latest``) or one tag folder -> that complete tag folder.
+    Raises ``FileNotFoundError`` for anything else, including a checkpoint whose save never finished."""
+    tag_dir = path / (path / LATEST).read_text().strip() if (path / LATEST).is_file() else path
+    if not is_complete(tag_dir):
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {META} in {tag_dir})")
+    return tag_dir
 
 
 class CheckpointManager:

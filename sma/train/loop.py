@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sma.config import TrainConfig, to_dict, to_yaml
 from sma.inputs import Batch
@@ -140,6 +141,14 @@ class Pretrainer:
         path = self.ckpt.save(self.engine, self.step, self._trainer_state(), to_yaml(self.cfg))
         log.info("saved checkpoint %s", path)
 
+    def _grad_norm_untracked_by_deepspeed(self) -> float | None:
+        """Global gradient norm for plain fp32 without ZeRO, where DeepSpeed clips with torch but keeps no
+        norm (its ZeRO and bf16/fp16 optimizers do). Gradients are already averaged over ranks here."""
+        if self.cfg.zero_stage or self.cfg.precision != "fp32":
+            return None
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
     def _train_step(self, batches: Iterator[Batch]) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; returns this step's global metrics."""
         engine, cfg = self.engine, self.cfg
@@ -152,6 +161,8 @@ class Pretrainer:
             batch = _on_device(next(batches), self.env, _dtype(cfg))
             out = engine(batch, progress=self.step / cfg.max_steps)
             engine.backward(out.loss)
+            if engine.is_gradient_accumulation_boundary():
+                own_norm = self._grad_norm_untracked_by_deepspeed()
             engine.step()
             local[:5] += torch.tensor([out.loss.item(), out.masked_ratio.item(), batch.valid.sum().item(),
                                        batch.valid.shape[0], out.selection_seconds], dtype=torch.float64)
@@ -160,7 +171,7 @@ class Pretrainer:
         elapsed = time.perf_counter() - start
         self.step += 1
         n = accum * self.env.world_size
-        grad_norm = engine.get_global_grad_norm()
+        grad_norm = engine.get_global_grad_norm() if own_norm is None else own_norm
         record = {
             "step": self.step,
             "loss": float(local[0] / n),
@@ -176,30 +187,33 @@ class Pretrainer:
         return record
 
     def run(self) -> int:
+        """Train to ``max_steps``; returns 0, or ``PREEMPTED_EXIT_CODE`` after a stop signal."""
+        try:
+            with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
+                return self._run()
+        finally:
+            self.logger.close()
+
+    def _run(self) -> int:
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             log.info("nothing to do: step %d >= max_steps %d", self.step, cfg.max_steps)
-            self.logger.close()
             return 0
         batches = iter(self.loader)
         self.engine.train()
-        try:
-            while self.step < cfg.max_steps:
-                record = self._train_step(batches)
-                preempted = record.pop("preempt")
-                if self.evaluator and self.step % cfg.eval_every == 0:
-                    record["eval_loss"] = self.evaluator(self.engine, self.step / cfg.max_steps)
-                last = self.step == cfg.max_steps
-                if self.step % cfg.log_every == 0 or "eval_loss" in record or last or preempted:
-                    self.logger.log(record)
-                self.logger.progress(self.step, record["loss"], record["lr"], record["tokens_per_s"])
-                due = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                if due or last or preempted:
-                    self._save()
-                if preempted:
-                    log.warning("rank %d: stop signal received; saved step %d, exiting for requeue",
-                                self.env.rank, self.step)
-                    return PREEMPTED_EXIT_CODE
-        finally:
-            self.logger.close()
+        while self.step < cfg.max_steps:
+            record = self._train_step(batches)
+            preempted = record.pop("preempt")
+            if self.evaluator and self.step % cfg.eval_every == 0:
+                record["eval_loss"] = self.evaluator(self.engine, self.step / cfg.max_steps)
+            last = self.step == cfg.max_steps
+            if self.step % cfg.log_every == 0 or "eval_loss" in record or last or preempted:
+                self.logger.log(record)
+            self.logger.progress(self.step, record["loss"], record["lr"], record["tokens_per_s"])
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last or preempted:
+                self._save()
+            if preempted:
+                log.warning("rank %d: stop signal received; saved step %d, exiting for requeue",
+                            self.env.rank, self.step)
+                return PREEMPTED_EXIT_CODE
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ class MetricsLogger:
         # A stable run id stored in the run directory makes a resumed job continue the same wandb run.
         id_file = run_dir / "wandb_id"
         if not id_file.is_file():
-            id_file.write_text(wandb.util.generate_id())
+            id_file.write_text(uuid.uuid4().hex[:12])  # os.urandom: leaves the seeded RNGs alone
         return wandb.init(project=project, dir=str(run_dir), mode=mode, id=id_file.read_text().strip(),
                           resume="allow", config=config)
 

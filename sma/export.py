@@ -1,0 +1,68 @@
+"""Export a DeepSpeed training checkpoint (any ZeRO stage, any world size) to one consolidated file of
+fp32 model weights that loads without DeepSpeed (``sma.checkpoint.load_pretrained``).
+
+    python -m sma.export runs/text_16l/checkpoints model.pt             # the latest checkpoint
+    python -m sma.export runs/text_16l/checkpoints/step00020000 model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from sma.checkpoint import FORMAT
+from sma.config import ConfigError, config_from_dict, to_dict
+from sma.train.checkpointing import read_meta, resolve_checkpoint
+
+log = logging.getLogger("sma.export")
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of checkpoint ``tag_dir``: gathered from the per-rank ZeRO partitions (or the
+    bf16 optimizer's fp32 master copy) with DeepSpeed's own reconstruction, or read directly from the
+    model states of an fp32 run without ZeRO."""
+    if any(tag_dir.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write ``out`` from a checkpoints folder (its latest) or one tag folder; returns ``out``."""
+    tag_dir = resolve_checkpoint(Path(checkpoint))
+    cfg = config_from_dict(yaml.safe_load((tag_dir / "config.yaml").read_text()))
+    blob = {"format": FORMAT, "config": to_dict(cfg), "model": consolidated_state_dict(tag_dir),
+            "step": read_meta(tag_dir)["step"]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, out)  # never leave a half-written export behind
+    log.info("exported %s (step %d, %d tensors) to %s", tag_dir, blob["step"], len(blob["model"]), out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a run's checkpoints folder (exports its latest) or one step folder")
+    p.add_argument("out", help="output file, e.g. model.pt")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        export(args.checkpoint, args.out)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
