@@ -28,18 +28,6 @@ _RANK_SEED_STRIDE = 1_000_003
 _EVAL_SEED_OFFSET = 7_777_777
 
 
-def _on_device(batch: Batch, env: DistEnv, dtype: torch.dtype) -> Batch:
-    """Move a batch to the device; continuous values take the engine's dtype (bf16/fp16 weights)."""
-    batch = batch.to(env.device)
-    if torch.is_floating_point(batch.inputs) and batch.inputs.dtype != dtype:
-        batch = Batch(batch.inputs.to(dtype), batch.valid, batch.targets)
-    return batch
-
-
-def _dtype(cfg: TrainConfig) -> torch.dtype:
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-
-
 def rescale_data_state(state: dict[str, Any], saved_world: int, world: int, loader: Any) -> dict[str, Any]:
     """A reader position saved on ``saved_world`` ranks, for ``world`` ranks.
 
@@ -73,7 +61,7 @@ class Evaluator:
         for i, batch in enumerate(self.loader):
             if i == self.cfg.eval_batches:
                 break
-            out = engine(_on_device(batch, self.env, _dtype(self.cfg)), progress=progress, generator=gen)
+            out = engine(batch.to(self.env.device), progress=progress, generator=gen)
             total += torch.tensor([out.loss.item(), 1.0], dtype=torch.float64)
         engine.train()
         set_rng_state(saved)
@@ -158,7 +146,7 @@ class Pretrainer:
         local = torch.zeros(6, dtype=torch.float64)
         accum = engine.gradient_accumulation_steps()
         for _ in range(accum):
-            batch = _on_device(next(batches), self.env, _dtype(cfg))
+            batch = next(batches).to(self.env.device)  # the model casts values to its dtype
             out = engine(batch, progress=self.step / cfg.max_steps)
             engine.backward(out.loss)
             if engine.is_gradient_accumulation_boundary():

@@ -1,0 +1,129 @@
+"""The config schema: shipped configs load, paper recipes match ALGORITHM.md section 7, and bad settings
+fail at load time with a message naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sma.config import ConfigError, config_from_dict, load_config, to_dict
+from sma.train.optim import grad_accum_steps
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = CONFIGS / "tiny_text.yaml"
+SHIPPED = ["default", "text_16l", "protein_16l", "higgs_4l", "chem_12l", "text_16l_random", "protein_16l_random",
+           "higgs_4l_random", "chem_12l_random", "tiny_text", "tiny_protein", "tiny_higgs"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads_and_takes_the_run_overrides(name: str) -> None:
+    cfg = load_config(CONFIGS / f"{name}.yaml", ["run_dir=/tmp/x", "max_steps=7", "checkpoint_every=3",
+                                                  "resume=auto", "zero_stage=3", "seed=5"])
+    assert (cfg.run_dir, cfg.max_steps, cfg.checkpoint_every, cfg.resume, cfg.zero_stage, cfg.seed) == (
+        "/tmp/x", 7, 3, "auto", 3, 5)
+
+
+def test_quickstart_configs_need_no_download() -> None:
+    for name in ("default", "tiny_text", "tiny_protein", "tiny_higgs"):
+        assert load_config(CONFIGS / f"{name}.yaml").data.format == "builtin", name
+
+
+@pytest.mark.parametrize("name, encoder, n, layers, width, ratio, per_query, lr", [
+    ("text_16l", "perceiver", 1024, 16, 1024, 0.15, 4, 1e-4),
+    ("protein_16l", "perceiver", 1024, 16, 1024, 0.15, 4, 3e-4),
+    ("chem_12l", "transformer", 256, 12, 768, 0.3, 3, 1e-4),
+    ("higgs_4l", "transformer", 28, 4, 128, 0.2, 3, 1e-4),
+])
+def test_paper_configs_follow_the_published_recipes(name: str, encoder: str, n: int, layers: int, width: int,
+                                                    ratio: float, per_query: int, lr: float) -> None:
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    m = cfg.model
+    assert (m.encoder, m.max_len, m.num_layers, cfg.masking.ratio, cfg.masking.num_per_query, cfg.optim.lr) == (
+        encoder, n, layers, ratio, per_query, lr)
+    assert (m.d_latent if encoder == "perceiver" else m.d_embed) == width
+    if encoder == "perceiver":
+        assert (m.num_latents, m.d_embed, m.cross_qk_dim, m.cross_heads) == (256, 512, 256, 8)
+    else:
+        assert cfg.masking.mask_self and cfg.masking.head_aggregation == "random_mix"
+    assert cfg.optim.global_batch_size == (128 if name == "chem_12l" else 256)
+    assert cfg.model.dropout == 0.0 and cfg.optim.betas == [0.9, 0.999]
+
+
+def test_random_baselines_differ_from_their_recipe_only_in_masking_mode_and_run_dir() -> None:
+    for name in ("text_16l", "protein_16l", "chem_12l", "higgs_4l"):
+        base, rand = to_dict(load_config(CONFIGS / f"{name}.yaml")), to_dict(load_config(CONFIGS / f"{name}_random.yaml"))
+        assert rand["masking"]["mode"] == "random" and base["masking"]["mode"] == "guided"
+        rand["masking"]["mode"], rand["run_dir"] = "guided", base["run_dir"]
+        assert rand == base, name
+
+
+def test_higgs_uses_the_random_to_guided_curriculum() -> None:
+    masking = load_config(CONFIGS / "higgs_4l.yaml").masking
+    assert (masking.select_initial_ratio, masking.curriculum_fraction) == (1.0, 0.25)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["masking.ratio=1.5"], "masking.ratio"),
+    (["masking.ratio=0"], "masking.ratio"),
+    (["model.num_latents=500"], "model.num_latents"),  # more latents than tokens (n = 128)
+    (["zero_stage=4"], "zero_stage"),
+    (["model.no_such_key=1"], "model.no_such_key"),
+    (["max_stepz=10"], "max_stepz"),
+    (["max_steps=ten"], "max_steps"),
+    (["precision=fp8"], "precision"),
+    (["optim.offload_optimizer=true"], "optim.offload_optimizer"),  # ZeRO 0 has nothing to offload
+    (["optim.offload_optimizer=true", "zero_stage=3"], "optim.offload_optimizer"),  # torch AdamW can't
+    (["optim.betas=[0.9]"], "optim.betas"),
+    (["masking.mask_self=true"], "masking.mask_self"),  # perceiver
+    (["log_every=0"], "log_every"),
+])
+def test_bad_settings_fail_at_load_naming_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, overrides)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_malformed_override_and_missing_file_are_reported() -> None:
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(TINY, ["max_steps"])
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(CONFIGS / "nope.yaml")
+
+
+def test_extends_layers_files_and_rejects_cycles(tmp_path: Path) -> None:
+    (tmp_path / "child.yaml").write_text(f"extends: {TINY}\nmax_steps: 3\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.max_steps == 3 and cfg.model.d_embed == load_config(TINY).model.d_embed
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_global_batch_size_sets_accumulation_per_world_size() -> None:
+    cfg = load_config(TINY, ["optim.global_batch_size=64", "data.micro_batch_size=8"])
+    assert [grad_accum_steps(cfg, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(ConfigError, match="optim.global_batch_size"):
+        grad_accum_steps(cfg, 3)
+
+
+def test_config_round_trips_through_a_plain_dict() -> None:
+    cfg = load_config(CONFIGS / "higgs_4l.yaml")
+    assert config_from_dict(to_dict(cfg)) == cfg
+    bad = to_dict(cfg)
+    bad["masking"]["ratio"] = 2.0
+    with pytest.raises(ConfigError, match="masking.ratio"):
+        config_from_dict(bad)
+
+
+def test_pretrain_command_rejects_a_bad_config_before_starting(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "train" / "pretrain.py"
+    proc = subprocess.run([sys.executable, str(script), "--config", str(TINY), "masking.ratio=1.5",
+                           f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "masking.ratio" in proc.stderr and "(0, 1)" in proc.stderr
+    assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
