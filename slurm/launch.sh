@@ -47,8 +47,13 @@ echo "launch: job ${SLURM_JOB_ID} run ${SLURM_RESTART_COUNT:-0}: ${SLURM_NNODES}
 
 forward_preemption() {
     echo "launch: SIGUSR1 received; asking the trainer to checkpoint and exit" >&2
-    # Without --batch this signals every process of the job's steps but not this shell.
-    scancel --signal=USR1 "$SLURM_JOB_ID" || true
+    # Signal the numbered (srun) steps only: every process in them gets it, the node launchers ignore
+    # it. `scancel --signal=USR1 JOBID` would also reach the extern step that sites with
+    # PrologFlags=Contain run, whose placeholder process dies of SIGUSR1.
+    local step
+    for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i | grep -E '\.[0-9]+$' || true); do
+        scancel --signal=USR1 "$step" || true
+    done
 }
 trap forward_preemption USR1
 

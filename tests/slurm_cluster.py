@@ -89,6 +89,8 @@ class SlurmCluster:
             "MpiDefault=none",
             "MailProg=/bin/true",
             "ReturnToService=2",
+            # As on many production sites: an extern step holds each node for the job's lifetime.
+            "PrologFlags=Contain",
             # Short KillWait so a cancelled or requeued job frees its nodes quickly.
             "KillWait=5",
             # A requeued job waits cred_expire seconds (default 120) before it may start again, and
