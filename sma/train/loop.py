@@ -16,6 +16,7 @@ from sma.config import TrainConfig, to_dict, to_yaml
 from sma.inputs import Batch
 from sma.train.checkpointing import CheckpointManager, find_checkpoint
 from sma.train.env import DistEnv
+from sma.train.memory import model_state_mb, peak_memory_mb
 from sma.train.metrics import MetricsLogger
 from sma.train.optim import client_optimizer, deepspeed_config, param_groups, scheduler_factory
 from sma.train.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag
@@ -137,6 +138,12 @@ class Pretrainer:
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
+    def _memory(self) -> dict[str, float]:
+        """The largest per-rank peak memory and model-state size (a collective: all ranks call it)."""
+        mem = torch.tensor([peak_memory_mb(self.env.device), model_state_mb(self.engine)], dtype=torch.float64)
+        torch.distributed.all_reduce(mem, op=torch.distributed.ReduceOp.MAX)
+        return {"peak_memory_mb": float(mem[0]), "model_state_mb": float(mem[1])}
+
     def _train_step(self, batches: Iterator[Batch]) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; returns this step's global metrics."""
         engine, cfg = self.engine, self.cfg
@@ -196,6 +203,7 @@ class Pretrainer:
                 record["eval_loss"] = self.evaluator(self.engine, self.step / cfg.max_steps)
             last = self.step == cfg.max_steps
             if self.step % cfg.log_every == 0 or "eval_loss" in record or last or preempted:
+                record.update(self._memory())
                 self.logger.log(record)
             self.logger.progress(self.step, record["loss"], record["lr"], record["tokens_per_s"])
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) or last or preempted:
