@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from data_prep.shards import FORMATS
@@ -44,6 +45,12 @@ def options(args: argparse.Namespace, argv: list[str] | None, prog: str) -> Writ
 
 def sources(args: argparse.Namespace) -> list[str]:
     return expand_sources(args.src, args.endpoint_url)
+
+
+def split_from_name(url: str, splits: tuple[str, ...], default: str) -> str:
+    """The split named in a file name (``pfam_valid.lmdb`` -> valid), else ``default``."""
+    name = url.rstrip("/").rsplit("/", 1)[-1].lower()
+    return next((s for s in splits if re.search(rf"(^|[_.-]){s}([_.-]|$)", name)), default)
 
 
 def parts_by_split(sources_with_split: list[tuple[str, str]]) -> list[Part]:

@@ -17,6 +17,7 @@ a window, a document that does not fit starts the next window, long documents fi
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +68,21 @@ def mediawiki_pages(url: str, endpoint_url: str = "") -> Iterator[tuple[str, Any
             yield f"page {n} (XML error)", e
 
 
+_DROPPED_TAGS = ("ref", "references", "gallery", "math", "score", "timeline")
+
+
+def wikitext_to_plain(text: str) -> str:
+    """Article text without markup: mwparserfromhell drops templates, keeps link labels; we also drop
+    footnotes and other non-prose tags, and trim the spaces headings leave on their lines."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(text)
+    for tag in code.filter_tags(recursive=False, matches=lambda t: str(t.tag).lower() in _DROPPED_TAGS):
+        code.remove(tag)
+    plain = code.strip_code(normalize=True, collapse=True)
+    return "\n".join(re.sub(r" {2,}", " ", line.strip()) for line in plain.strip().splitlines())
+
+
 class TextCorpus(Corpus):
     name = "text"
 
@@ -90,12 +106,10 @@ class TextCorpus(Corpus):
         if isinstance(value, Exception):
             raise ValueError(str(value))
         if kind == "mediawiki":
-            import mwparserfromhell
-
             ns, redirect, text = value
             if redirect or ns != "0" or not text:
                 return None
-            return mwparserfromhell.parse(text).strip_code(normalize=True, collapse=True).strip() or None
+            return wikitext_to_plain(text) or None
         if kind == "jsonl":
             if not value.strip():
                 return None

@@ -1,0 +1,79 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+@dataclass(frozen=True)
+class S3:
+    """A real S3 endpoint (moto's server on loopback) and a fresh bucket on it."""
+
+    endpoint: str
+    bucket: str
+
+    def url(self, *path: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *path])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Start ``moto``'s S3 server on 127.0.0.1 once per test run; yield its endpoint URL.
+
+    It runs as its own process (``python -m moto.server``), so test processes and the processes they
+    start all talk to it over HTTP like to a real bucket. Credentials and the endpoint are exported the
+    way users export them (``AWS_*`` for s3fs/boto, ``S3_ENDPOINT_URL`` for streaming).
+    """
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start on port {port}") from None
+            time.sleep(0.1)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3(s3_server: str) -> S3:
+    """A new, empty bucket on the session's S3 server."""
+    import boto3
+
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return S3(s3_server, bucket)
