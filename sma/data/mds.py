@@ -12,6 +12,7 @@ endpoint is read from ``S3_ENDPOINT_URL``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -51,11 +52,35 @@ def cache_folder(cfg: TrainConfig, url: str) -> str:
     return os.path.join(base, hashlib.sha1(url.encode()).hexdigest()[:16])
 
 
+def damaged_shards(local: str) -> list[str]:
+    """Shard files in ``local`` whose size or sha1 disagrees with ``index.json`` (absent ones are not yet
+    downloaded and not counted). Used to name the culprit when streaming fails with a generic error."""
+    with open(os.path.join(local, "index.json")) as f:
+        index = json.load(f)
+    bad = []
+    for shard in index["shards"]:
+        for info in (shard.get("raw_data"), shard.get("zip_data")):
+            if not info:
+                continue
+            path = os.path.join(local, info["basename"])
+            if not os.path.exists(path):
+                continue
+            if os.path.getsize(path) != info["bytes"]:
+                bad.append(f"{info['basename']} ({os.path.getsize(path)} bytes, the index says {info['bytes']})")
+                continue
+            expected = (info.get("hashes") or {}).get("sha1")
+            if expected:
+                with open(path, "rb") as fh:
+                    if hashlib.file_digest(fh, "sha1").hexdigest() != expected:
+                        bad.append(f"{info['basename']} (sha1 mismatch)")
+    return bad
+
+
 class MdsLoader:
     """Trainer-facing wrapper: endless epochs for training, one fixed pass for evaluation."""
 
-    def __init__(self, loader: Any, train: bool, describe: str):
-        self.loader, self.train, self.describe = loader, train, describe
+    def __init__(self, loader: Any, train: bool, describe: str, local: str):
+        self.loader, self.train, self.describe, self.local = loader, train, describe, local
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -66,8 +91,15 @@ class MdsLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         while True:  # each pass over a StreamingDataLoader is the dataset's next epoch
-            for t in self.loader:
-                yield tuple_to_batch(t)
+            try:
+                for t in self.loader:
+                    yield tuple_to_batch(t)
+            except (InputError, GeneratorExit):
+                raise
+            except Exception as e:
+                bad = damaged_shards(self.local)
+                culprit = f"damaged shard(s) {', '.join(bad)}" if bad else "no shard fails its size/sha1 check"
+                raise InputError(f"reading {self.describe} failed ({culprit}): {type(e).__name__}: {e}") from e
             if not self.train:
                 return
 
@@ -110,4 +142,4 @@ def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
         collate_fn=TupleCollate(collate), persistent_workers=False,
     )
     log.info("mds %s: %d samples, %d batches per epoch per rank (cache %s)", url, dataset.size, len(loader), local)
-    return MdsLoader(loader, train, f"mds:{url}")
+    return MdsLoader(loader, train, f"mds:{url}", local)

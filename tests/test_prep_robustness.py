@@ -1,0 +1,138 @@
+"""data_prep guarantees: deterministic output, resumable after an interrupted run, bad records reported
+with file and line, damaged shards named by the readers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from data_prep import text
+from sma.inputs import InputError
+from test_prep_formats import FORMATS, read_back, write_jsonl
+
+
+def docs(seed: int, n: int = 40) -> list[str]:
+    return [f"file {seed} doc {i}: " + "lorem ipsum " * (i % 7) for i in range(n)]
+
+
+def make_sources(folder: Path, bad_line_in: int | None = None) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_jsonl(folder / f"{c}.jsonl", docs(i)) for i, c in enumerate("abc")]
+    if bad_line_in is not None:
+        lines = paths[bad_line_in].read_text().splitlines()
+        lines[2] = '{"text": "unterminated'
+        paths[bad_line_in].write_text("\n".join(lines) + "\n")
+    return [str(p) for p in paths]
+
+
+def prep(srcs: list[str], dst: Path, fmt: str, *extra: str) -> dict:
+    return text.main(["--src", *srcs, "--dst", str(dst), "--format", fmt, "--window", "64", "--shard-samples",
+                      "16", "--quiet", *extra])
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_input_gives_byte_identical_shards(tmp_path, fmt):
+    srcs = make_sources(tmp_path / "src")
+    a = prep(srcs, tmp_path / "a", fmt, "--compression", "--workers", "2")
+    b = prep(srcs, tmp_path / "b", fmt, "--compression")
+    fa, fb = files_of(tmp_path / "a"), files_of(tmp_path / "b")
+    assert fa.keys() == fb.keys() and len(fa) > 5
+    assert {k: v for k, v in fa.items() if k != "manifest.json"} == {k: v for k, v in fb.items() if k != "manifest.json"}
+    a.pop("command"), b.pop("command")  # the destination differs, nothing else may
+    assert a == b
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_interrupted_run_resumes_and_keeps_verified_parts(tmp_path, fmt, caplog):
+    srcs = make_sources(tmp_path / "src", bad_line_in=1)
+    dst = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        prep(srcs, dst, fmt)
+    assert "b.jsonl: line 3: JSONDecodeError" in caplog.text  # file and line of the bad record
+    assert (dst / "train" / "part-00000.json").exists()  # the part before the bad one is complete
+    assert not (dst / "manifest.json").exists()
+    with pytest.raises(InputError, match="not found"):  # readers refuse the unfinished destination
+        read_back(f"{dst}/train", fmt, 64)
+    # a half-written shard of a later part, as a killed run leaves it
+    half = dst / "train" / ("part-00002-000000.tar" if fmt == "wds" else "part-00002/shard.00000.mds")
+    half.parent.mkdir(parents=True, exist_ok=True)
+    half.write_bytes(b"half a shard")
+    done = {p: p.stat().st_mtime_ns for p in (dst / "train").glob("part-00000*") if p.is_file()}
+
+    srcs = make_sources(tmp_path / "src")  # the bad record fixed
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="data_prep"):
+        prep(srcs, dst, fmt)
+    assert "2 part(s) to write, 1 already complete and verified" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # not rewritten
+    prep(srcs, tmp_path / "clean", fmt)
+    clean = files_of(tmp_path / "clean")
+    resumed = files_of(dst)
+    assert {k: v for k, v in resumed.items() if k != "manifest.json"} == {
+        k: v for k, v in clean.items() if k != "manifest.json"}
+
+
+def test_skip_mode_counts_bad_records_and_keeps_the_rest(tmp_path):
+    srcs = make_sources(tmp_path / "src", bad_line_in=2)
+    manifest = prep(srcs, tmp_path / "out", "wds", "--on-error", "skip")
+    info = manifest["splits"]["train"]
+    assert info["skipped_records"] == 1
+    assert info["parts"][2]["errors"][0].endswith("c.jsonl: line 3: JSONDecodeError: Unterminated string "
+                                                  "starting at: line 1 column 10 (char 9)")
+    texts = "\t".join(read_back(str(tmp_path / "out" / "train"), "wds", 64))
+    assert "file 2 doc 1:" in texts and "file 2 doc 2:" not in texts and "file 2 doc 3:" in texts
+
+
+def test_rerun_rewrites_a_part_whose_shard_fails_its_checksum(tmp_path, caplog):
+    srcs = make_sources(tmp_path / "src")
+    dst = tmp_path / "out"
+    prep(srcs, dst, "wds")
+    shard = dst / "train" / "part-00001-000000.tar"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:1000] + bytes(b ^ 0xFF for b in good[1000:1008]) + good[1008:])  # same size
+    with caplog.at_level(logging.INFO, logger="data_prep"):
+        prep(srcs, dst, "wds")
+    assert "fails its checksum; rewriting part-00001" in caplog.text
+    assert shard.read_bytes() == good
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_truncated_tar_shard_error_names_the_shard(tmp_path, compression):
+    srcs = make_sources(tmp_path / "src")
+    dst = tmp_path / "out"
+    prep(srcs, dst, "wds", *(["--compression"] if compression else []))
+    shard = next((dst / "train").glob("part-00001-000001.tar*"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(InputError, match=f"damaged tar shard .*{shard.name}"):
+        read_back(str(dst / "train"), "wds", 64)
+
+
+def test_truncated_mds_shard_error_names_the_shard(tmp_path):
+    srcs = make_sources(tmp_path / "src")
+    dst = tmp_path / "out"
+    prep(srcs, dst, "mds")
+    shard = dst / "train" / "part-00001" / "shard.00000.mds"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(InputError, match="damaged shard.*part-00001/shard.00000.mds"):
+        read_back(str(dst / "train"), "mds", 64)
+
+
+def test_manifest_records_sources_counts_checksums_and_command(tmp_path):
+    srcs = make_sources(tmp_path / "src")
+    manifest = prep(srcs, tmp_path / "out", "mds")
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk == manifest
+    parts = manifest["splits"]["train"]["parts"]
+    assert [p["part"]["source"] for p in parts] == srcs
+    assert sum(p["samples"] for p in parts) == manifest["splits"]["train"]["samples"] > 0
+    for p in parts:
+        for f in p["files"]:
+            assert len(f["sha256"]) == 64 and (tmp_path / "out" / "train" / f["name"]).stat().st_size == f["bytes"]
+    assert manifest["command"][:3] == ["python", "-m", "data_prep.text"] and "--dst" in manifest["command"]
