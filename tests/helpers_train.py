@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from sma.train.env import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "train" / "pretrain.py"
@@ -17,12 +18,6 @@ TINY = str(REPO / "configs" / "tiny_text.yaml")
 # Short, checkpointed and logged every step: what the multi-process tests compare.
 TINY_RUN = ["max_steps=24", "checkpoint_every=8", "keep_last=2", "log_every=1", "eval_every=12",
             "eval_batches=2", "wandb_mode=disabled"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
