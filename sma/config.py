@@ -214,6 +214,8 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.log_every >= 1, "log_every", f"must be >= 1, got {cfg.log_every}")
     need(cfg.eval_every >= 0, "eval_every", "must be >= 0 (0: never)")
     need(cfg.eval_batches >= 1, "eval_batches", "must be >= 1")
+    if cfg.eval_every and cfg.data.format != "builtin":
+        need(bool(cfg.data.eval_url), "data.eval_url", "is required to evaluate (eval_every > 0) from shards")
     if cfg.optim.offload_optimizer:
         # ZeRO-Offload moves the optimizer's *partitions* to the CPU: stage 0 has none, and the CPU step
         # is DeepSpeed's own CPU Adam, which a torch optimizer cannot stand in for.

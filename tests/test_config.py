@@ -79,6 +79,7 @@ def test_higgs_uses_the_random_to_guided_curriculum() -> None:
     (["optim.betas=[0.9]"], "optim.betas"),
     (["masking.mask_self=true"], "masking.mask_self"),  # perceiver
     (["log_every=0"], "log_every"),
+    (["data.format=mds", "data.train_url=data/x/train", "eval_every=10"], "data.eval_url"),
 ])
 def test_bad_settings_fail_at_load_naming_the_key(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
