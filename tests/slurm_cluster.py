@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class SlurmCluster:
     root: Path
     env: dict[str, str] = field(default_factory=dict)
     _procs: list[subprocess.Popen] = field(default_factory=list)
+    _logs: dict[int, Path] = field(default_factory=dict)  # pid -> its stdout/stderr file
 
     @property
     def conf(self) -> Path:
@@ -116,7 +118,9 @@ class SlurmCluster:
 
     def _spawn(self, cmd: list[str], log: str, **kwargs) -> None:
         with open(self.root / "log" / log, "ab") as out:
-            self._procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs))
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+        self._procs.append(proc)
+        self._logs[proc.pid] = self.root / "log" / log
 
     def _start_munge(self) -> None:
         """munged must run as the munge user; reuse one that is already serving the socket."""
@@ -139,18 +143,20 @@ class SlurmCluster:
             self._spawn(["slurmd", "-D", "-f", str(self.conf), "-N", name], f"slurmd-{name}.out", env=self.env)
         self._wait_for(lambda: self.node_states() == {"idle"}, "both nodes to be idle", "slurmctld.log", timeout)
 
-    def _wait_for(self, ready, what: str, log: str, timeout: float = 60.0) -> None:
+    def _wait_for(self, ready: Callable[[], bool], what: str, log: str, timeout: float = 60.0) -> None:
+        """Poll ``ready`` until it holds; on a daemon's exit or the timeout, stop all and say why."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        dead: list[subprocess.Popen] = []
+        while not dead and time.monotonic() < deadline:
             if ready():
                 return
-            dead = [p.args for p in self._procs if p.poll() is not None]
-            if dead:
-                break
+            dead = [p for p in self._procs if p.poll() is not None]
             time.sleep(0.3)
+        logs = [self._logs[p.pid] for p in dead] or [self.root / "log" / log]
+        details = "\n".join(f"--- {path}:\n{_tail(path)}" for path in logs)
         self.stop()
-        raise SlurmUnavailable(f"timed out waiting for {what} (exited: {dead}); {log}:\n"
-                               f"{_tail(self.root / 'log' / log)}")
+        reason = f"{[' '.join(p.args) for p in dead]} exited" if dead else f"not within {timeout:.0f} s"
+        raise SlurmUnavailable(f"waiting for {what}: {reason}\n{details}")
 
     def stop(self) -> None:
         """Cancel what is still queued or running, then end the daemons this cluster started."""
