@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from sma.config import ConfigError
-from sma.train.checkpointing import LATEST, META, find_checkpoint, tag_for
+from sma.train.checkpointing import LATEST, META, CheckpointManager, find_checkpoint, tag_for
+from sma.train.env import DistEnv
 from sma.train.loop import rescale_data_state
 from sma.train.metrics import MetricsLogger, read_metrics
 
@@ -44,6 +46,15 @@ def test_explicit_resume_path_must_be_complete(tmp_path: Path) -> None:
     assert find_checkpoint(str(done), tmp_path) == done
     with pytest.raises(ConfigError, match=r"^resume: .*step00000016 is not a complete checkpoint"):
         find_checkpoint(str(broken), tmp_path)
+
+
+def test_resume_needs_the_same_zero_stage_and_reshards_only_on_a_new_world_size(tmp_path: Path) -> None:
+    tag = _tag(tmp_path, 8, True)  # saved by 2 ranks with ZeRO-1
+    (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
+    one, two = (CheckpointManager(tmp_path, 2, DistEnv(0, w, 0, torch.device("cpu"))) for w in (1, 2))
+    assert one.needs_universal(tag, zero_stage=1) and not two.needs_universal(tag, zero_stage=1)
+    with pytest.raises(ConfigError, match=r"^zero_stage: .* saved with ZeRO stage 1; resume it with zero_stage=1"):
+        two.needs_universal(tag, zero_stage=3)
 
 
 class _Loader:

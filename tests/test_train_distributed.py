@@ -114,6 +114,8 @@ def test_kill_during_save_keeps_previous_latest_and_resume_reproduces_losses(
     resumed = losses(run_dir)
     assert sorted(resumed) == list(range(1, 25))  # steps 9..16 logged once, not twice
     assert [resumed[s] for s in range(9, 25)] == [reference[s] for s in range(9, 25)]
+    evals = {r["step"]: r["eval_loss"] for r in read_metrics(run_dir) if "eval_loss" in r}
+    assert evals == {r["step"]: r["eval_loss"] for r in read_metrics(zero_run(1)) if "eval_loss" in r}
     assert (ckpts / "step00000016" / "meta.json").is_file()  # the crashed save was redone
 
 

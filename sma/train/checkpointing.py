@@ -139,11 +139,19 @@ class CheckpointManager:
                 shutil.rmtree(p, ignore_errors=True)
                 log.info("removed old checkpoint %s", p)
 
-    def needs_universal(self, tag_dir: Path) -> bool:
+    def needs_universal(self, tag_dir: Path, zero_stage: int) -> bool:
         """A checkpoint with per-rank optimizer partitions, saved on another world size, is loaded
-        through DeepSpeed's universal format, which re-partitions it."""
+        through DeepSpeed's universal format, which re-partitions it. The ZeRO stage must not change:
+        DeepSpeed cannot load one stage's layout into another."""
+        meta = read_meta(tag_dir)
+        if meta["zero_stage"] != zero_stage:
+            raise ConfigError(
+                f"zero_stage: {tag_dir} was saved with ZeRO stage {meta['zero_stage']}; resume it with "
+                f"zero_stage={meta['zero_stage']} (any number of ranks); its weights alone can be exported with "
+                "`python -m sma.export`"
+            )
         sharded = any(tag_dir.glob("*optim_states.pt"))
-        return sharded and read_meta(tag_dir)["world_size"] != self.env.world_size
+        return sharded and meta["world_size"] != self.env.world_size
 
     def to_universal(self, tag_dir: Path) -> Path:
         """Convert ``tag_dir`` to DeepSpeed's universal checkpoint (rank 0 converts, the rest wait)."""

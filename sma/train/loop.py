@@ -83,7 +83,7 @@ class Pretrainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_last, env)
         resume_from = find_checkpoint(cfg.resume, self.ckpt.root)
-        universal = resume_from is not None and self.ckpt.needs_universal(resume_from)
+        universal = resume_from is not None and self.ckpt.needs_universal(resume_from, cfg.zero_stage)
         if universal:
             resume_from = self.ckpt.to_universal(resume_from)
 
@@ -99,7 +99,7 @@ class Pretrainer:
         self.loader = build_loader(cfg, split="train", rank=env.rank, world_size=env.world_size)
         self.step = 0
         if resume_from is not None:
-            self._restore(resume_from, same_world=not universal)
+            self._restore(resume_from)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -109,10 +109,10 @@ class Pretrainer:
                                     max_steps=cfg.max_steps, wandb_mode=cfg.wandb_mode,
                                     wandb_project=cfg.wandb_project, config=to_dict(cfg))
 
-    def _restore(self, tag_dir: Path, same_world: bool) -> None:
+    def _restore(self, tag_dir: Path) -> None:
         state = self.ckpt.load(self.engine, tag_dir)
         self.step = int(state["step"])
-        if same_world:
+        if state["world_size"] == self.env.world_size:
             set_rng_state(state["rng"])
             self.loader.load_state_dict(state["data"])
         else:
