@@ -58,12 +58,13 @@ class Evaluator:
         saved = rng_state()
         gen = torch.Generator(self.env.device).manual_seed(self.cfg.seed + _EVAL_SEED_OFFSET + self.env.rank)
         engine.eval()
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=self.env.device)  # loss sum, batches
         for i, batch in enumerate(self.loader):
             if i == self.cfg.eval_batches:
                 break
             out = engine(batch.to(self.env.device), progress=progress, generator=gen)
-            total += torch.tensor([out.loss.item(), 1.0], dtype=torch.float64)
+            total[0] += out.loss.double()
+            total[1] += 1
         engine.train()
         set_rng_state(saved)
         torch.distributed.all_reduce(total)
@@ -80,6 +81,7 @@ class Pretrainer:
         from sma.model import build_pretrain_model
 
         self.cfg, self.env = cfg, env
+        self.flag = PreemptionFlag()  # first: a signal during a long start-up must not kill the job
         self.run_dir = Path(cfg.run_dir)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_last, env)
         resume_from = find_checkpoint(cfg.resume, self.ckpt.root)
@@ -104,7 +106,6 @@ class Pretrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         self.evaluator = Evaluator(cfg, env) if cfg.eval_every else None
-        self.flag = PreemptionFlag()
         self.logger = MetricsLogger(self.run_dir, enabled=env.is_main, start_step=self.step,
                                     max_steps=cfg.max_steps, wandb_mode=cfg.wandb_mode,
                                     wandb_project=cfg.wandb_project, config=to_dict(cfg))
@@ -140,7 +141,8 @@ class Pretrainer:
 
     def _memory(self) -> dict[str, float]:
         """The largest per-rank peak memory and model-state size (a collective: all ranks call it)."""
-        mem = torch.tensor([peak_memory_mb(self.env.device), model_state_mb(self.engine)], dtype=torch.float64)
+        mem = torch.tensor([peak_memory_mb(self.env.device), model_state_mb(self.engine)], dtype=torch.float64,
+                           device=self.env.device)
         torch.distributed.all_reduce(mem, op=torch.distributed.ReduceOp.MAX)
         return {"peak_memory_mb": float(mem[0]), "model_state_mb": float(mem[1])}
 
@@ -149,9 +151,11 @@ class Pretrainer:
         engine, cfg = self.engine, self.cfg
         lr = engine.get_lr()[0]
         start = time.perf_counter()
-        # Summed over micro-batches, then over ranks: loss, masked ratio, tokens, samples, selection s.
-        local = torch.zeros(6, dtype=torch.float64)
+        # Summed over micro-batches, then over ranks: loss, masked ratio, tokens, samples, selection s,
+        # stop flag. Kept on the device (NCCL reduces device tensors) and read once per step.
+        local = torch.zeros(6, dtype=torch.float64, device=self.env.device)
         accum = engine.gradient_accumulation_steps()
+        own_norm = None
         for _ in range(accum):
             batch = next(batches).to(self.env.device)  # the model casts values to its dtype
             out = engine(batch, progress=self.step / cfg.max_steps)
@@ -159,10 +163,14 @@ class Pretrainer:
             if engine.is_gradient_accumulation_boundary():
                 own_norm = self._grad_norm_untracked_by_deepspeed()
             engine.step()
-            local[:5] += torch.tensor([out.loss.item(), out.masked_ratio.item(), batch.valid.sum().item(),
-                                       batch.valid.shape[0], out.selection_seconds], dtype=torch.float64)
+            local[0] += out.loss.detach().double()
+            local[1] += out.masked_ratio.double()
+            local[2] += batch.valid.sum()
+            local[3] += batch.valid.shape[0]
+            local[4] += out.selection_seconds
         local[5] = float(self.flag.raised)
         torch.distributed.all_reduce(local)  # also tells every rank whether any rank was signalled
+        local = local.cpu()
         elapsed = time.perf_counter() - start
         self.step += 1
         n = accum * self.env.world_size
