@@ -25,11 +25,12 @@ from helpers_train import TINY_RUN, run, start
 
 pytestmark = pytest.mark.slow
 
-# stage -> (launcher, extra overrides): together they cover both launchers, fp32 and bf16, and wandb.
+# stage -> (launcher, extra overrides): together they cover both launchers, fp32 and bf16, activation
+# checkpointing and wandb.
 STAGES = {
     1: ("deepspeed", ["precision=fp32", "wandb_mode=offline"]),
     2: ("deepspeed", ["precision=bf16"]),
-    3: ("torchrun", ["precision=fp32"]),
+    3: ("torchrun", ["precision=fp32", "model.activation_checkpointing=true"]),
 }
 
 
@@ -85,6 +86,7 @@ def test_zero3_export_matches_zero1_run_and_loads_without_deepspeed(zero_run: Ca
                                                                     tmp_path: Path) -> None:
     z1, z3 = zero_run(1), zero_run(3)
     l1, l3 = losses(z1), losses(z3)
+    # Same run but for the ZeRO stage and activation checkpointing (stage 3): the same losses.
     assert all(math.isclose(l1[s], l3[s], rel_tol=1e-4) for s in l1), "ZeRO-1 and ZeRO-3 diverged"
     w1 = read_consolidated(export(z1 / "checkpoints", tmp_path / "z1.pt"))
     w3 = read_consolidated(export(z3 / "checkpoints" / "step00000016", tmp_path / "z3_16.pt"))
