@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from sma.config import ConfigError, config_from_dict, load_config, to_dict
 from sma.train.optim import grad_accum_steps
@@ -120,11 +121,22 @@ def test_config_round_trips_through_a_plain_dict() -> None:
         config_from_dict(bad)
 
 
-def test_pretrain_command_rejects_a_bad_config_before_starting(tmp_path: Path) -> None:
+def _pretrain(*overrides: str) -> subprocess.CompletedProcess:
     script = Path(__file__).resolve().parents[1] / "train" / "pretrain.py"
-    proc = subprocess.run([sys.executable, str(script), "--config", str(TINY), "masking.ratio=1.5",
-                           f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, str(script), "--config", str(TINY), *overrides],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_pretrain_command_rejects_a_bad_config_before_starting(tmp_path: Path) -> None:
+    proc = _pretrain("masking.ratio=1.5", f"run_dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert "masking.ratio" in proc.stderr and "(0, 1)" in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is only refused on a CPU-only machine")
+def test_fp16_on_cpu_is_refused_naming_precision(tmp_path: Path) -> None:
+    proc = _pretrain("precision=fp16", f"run_dir={tmp_path / 'run'}", "wandb_mode=disabled")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "config error: precision: fp16 needs a GPU" in proc.stderr
 

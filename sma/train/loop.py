@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from sma.config import TrainConfig, to_dict, to_yaml
+from sma.config import ConfigError, TrainConfig, to_dict, to_yaml
 from sma.inputs import Batch
 from sma.train.checkpointing import CheckpointManager, find_checkpoint
 from sma.train.env import DistEnv
@@ -80,6 +80,9 @@ class Pretrainer:
         from sma.data import build_loader
         from sma.model import build_pretrain_model
 
+        if cfg.precision == "fp16" and env.device.type == "cpu":
+            raise ConfigError("precision: fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); "
+                              "use bf16 or fp32 on CPU")
         self.cfg, self.env = cfg, env
         self.flag = PreemptionFlag()  # first: a signal during a long start-up must not kill the job
         self.run_dir = Path(cfg.run_dir)
