@@ -81,6 +81,7 @@ class MdsLoader:
 
     def __init__(self, loader: Any, train: bool, describe: str, local: str):
         self.loader, self.train, self.describe, self.local = loader, train, describe, local
+        self._resumed = False
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -91,17 +92,27 @@ class MdsLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         while True:  # each pass over a StreamingDataLoader is the dataset's next epoch
+            resumed, self._resumed = self._resumed, False
+            count = 0
             try:
                 for t in self.loader:
+                    count += 1
                     yield tuple_to_batch(t)
             except (InputError, GeneratorExit):
                 raise
             except Exception as e:
-                bad = damaged_shards(self.local)
-                culprit = f"damaged shard(s) {', '.join(bad)}" if bad else "no shard fails its size/sha1 check"
-                raise InputError(f"reading {self.describe} failed ({culprit}): {type(e).__name__}: {e}") from e
+                self._fail(f"{type(e).__name__}: {e}", e)
+            # streaming ends an epoch early, silently, when a background download or checksum fails;
+            # a short epoch would also leave this rank's peers waiting, so it is an error.
+            if not resumed and count < len(self.loader):
+                self._fail(f"the epoch ended after {count} of {len(self.loader)} batches", None)
             if not self.train:
                 return
+
+    def _fail(self, what: str, cause: Exception | None) -> None:
+        bad = damaged_shards(self.local)
+        culprit = f"damaged shard(s) {', '.join(bad)}" if bad else "no shard fails its size/sha1 check"
+        raise InputError(f"reading {self.describe} failed ({culprit}): {what}") from cause
 
     def state_dict(self) -> dict[str, Any]:
         return {"reader": self.describe, "streaming": self.loader.state_dict()}
@@ -110,6 +121,7 @@ class MdsLoader:
         if state.get("reader") != self.describe:
             raise ValueError(f"loader state is for {state.get('reader')!r}, this loader reads {self.describe!r}")
         self.loader.load_state_dict(state["streaming"])
+        self._resumed = True  # the next pass is the rest of an epoch
 
 
 def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_size: int) -> MdsLoader:
