@@ -77,3 +77,18 @@ def s3(s3_server: str) -> S3:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     return S3(s3_server, bucket)
+
+
+@pytest.fixture(scope="session")
+def streaming_shm_cleanup() -> Iterator[None]:
+    """Remove the shared memory streaming's datasets leave in /dev/shm once the tests using them end."""
+    yield
+    import gc
+
+    from sma.data.streaming_import import import_streaming
+
+    gc.collect()  # drop the datasets first, so nothing still uses the segments
+    import_streaming()
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()

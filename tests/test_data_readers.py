@@ -25,6 +25,8 @@ from test_prep_formats import FORMATS, write_jsonl
 
 NUM_SAMPLES = 96  # = 2 ranks x 2 workers x 4 per batch x 6 batches: no sample needs to be dropped
 
+pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict[str, str]:

@@ -15,6 +15,8 @@ from sma.data import build_loader
 from sma.inputs import InputError
 from test_prep_formats import FORMATS, read_back, write_jsonl
 
+pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
+
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_shards_written_to_s3_read_back_like_local_ones(s3, tmp_path, fmt):

@@ -21,6 +21,8 @@ from sma.inputs import decode
 FORMATS = ["mds", "wds"]
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
+pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
+
 
 # ---- raw formats -----------------------------------------------------------------------------------
 

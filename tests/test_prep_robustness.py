@@ -13,6 +13,8 @@ from data_prep import text
 from sma.inputs import InputError
 from test_prep_formats import FORMATS, read_back, write_jsonl
 
+pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
+
 
 def docs(seed: int, n: int = 40) -> list[str]:
     return [f"file {seed} doc {i}: " + "lorem ipsum " * (i % 7) for i in range(n)]
