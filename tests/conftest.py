@@ -31,30 +31,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """Start ``moto``'s S3 server on 127.0.0.1 once per test run; yield its endpoint URL.
-
-    It runs as its own process (``python -m moto.server``), so test processes and the processes they
-    start all talk to it over HTTP like to a real bucket. Credentials and the endpoint are exported the
-    way users export them (``AWS_*`` for s3fs/boto, ``S3_ENDPOINT_URL`` for streaming).
-    """
+def start_moto_server() -> tuple[subprocess.Popen, str]:
+    """Start ``python -m moto.server`` on a free loopback port; return the process and its endpoint URL.
+    It is a process of its own, so every process of a test (or benchmark) reaches it over HTTP."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return proc, f"http://127.0.0.1:{port}"
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"moto server did not start on port {port}") from None
             time.sleep(0.1)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL": endpoint}
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The variables users export for a bucket: ``AWS_*`` for s3fs/boto, ``S3_ENDPOINT_URL`` for streaming."""
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "S3_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL": endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 endpoint (moto) on 127.0.0.1, started once per test run, with its variables exported."""
+    proc, endpoint = start_moto_server()
+    env = s3_env(endpoint)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
