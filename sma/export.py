@@ -17,29 +17,41 @@ import torch
 import yaml
 
 from sma.checkpoint import FORMAT
-from sma.config import ConfigError, config_from_dict, to_dict
+from sma.config import ConfigError, TrainConfig, config_from_dict, to_dict
+from sma.model import build_pretrain_model
 from sma.train.checkpointing import read_meta, resolve_checkpoint
+from sma.train.optim import param_groups
 
 log = logging.getLogger("sma.export")
 
 
-def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of checkpoint ``tag_dir``: gathered from the per-rank ZeRO partitions (or the
-    bf16 optimizer's fp32 master copy) with DeepSpeed's own reconstruction, or read directly from the
-    model states of an fp32 run without ZeRO."""
+def consolidated_state_dict(tag_dir: Path, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of checkpoint ``tag_dir``: gathered from the per-rank ZeRO partitions with
+    DeepSpeed's own reconstruction; without ZeRO, the model states, with bf16/fp16 weights replaced by
+    the optimizer's fp32 master copies."""
     if any(tag_dir.glob("*optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         return dict(get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name))
     states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+    masters = (states.get("optimizer") or {}).get("fp32_groups")
+    if masters:
+        # DeepSpeed stores the masters per optimizer param group, in the groups' order: rebuild the same
+        # groups on a model of this config to name them.
+        model = build_pretrain_model(cfg.model, cfg.masking)
+        names = {id(p): n for n, p in model.named_parameters()}
+        for group, fp32 in zip(param_groups(model, cfg.optim.weight_decay), masters, strict=True):
+            for p, master in zip(group["params"], fp32, strict=True):
+                weights[names[id(p)]] = master.float()
+    return weights
 
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write ``out`` from a checkpoints folder (its latest) or one tag folder; returns ``out``."""
     tag_dir = resolve_checkpoint(Path(checkpoint))
     cfg = config_from_dict(yaml.safe_load((tag_dir / "config.yaml").read_text()))
-    blob = {"format": FORMAT, "config": to_dict(cfg), "model": consolidated_state_dict(tag_dir),
+    blob = {"format": FORMAT, "config": to_dict(cfg), "model": consolidated_state_dict(tag_dir, cfg),
             "step": read_meta(tag_dir)["step"]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
