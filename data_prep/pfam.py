@@ -22,8 +22,7 @@ from typing import Any
 
 from data_prep.cli import execute, parser, parts_by_split, sources, split_from_name
 from data_prep.sources import decode_utf8, numbered_lines
-from data_prep.writer import Corpus, Part
-from sma.data.samples import Sample, pack_windows
+from data_prep.writer import Part, WindowCorpus
 from sma.data.storage import is_local, local_path, open_url
 
 PROG = "data_prep.pfam"
@@ -87,11 +86,16 @@ def fasta_records(url: str, endpoint_url: str) -> Iterator[tuple[str, Any]]:
         yield where, ("fasta", (header, b"".join(seq)))
 
 
-class PfamCorpus(Corpus):
+class PfamCorpus(WindowCorpus):
     name = "pfam"
+    pack = False  # one protein per sample, as TAPE feeds them
 
     def __init__(self, window: int, longer_than: int):
-        self.window, self.longer_than = window, longer_than
+        super().__init__(window)
+        self.longer_than = longer_than
+
+    def keep(self, doc: str) -> bool:
+        return len(doc) > self.longer_than
 
     def records(self, part: Part, endpoint_url: str) -> Iterator[tuple[str, Any]]:
         kind = source_kind(part.source)
@@ -118,11 +122,6 @@ class PfamCorpus(Corpus):
         if not seq.isalpha() or not seq.isascii():
             raise ValueError(f"sequence has non-residue characters: {seq[:40]!r}")
         return seq.upper()
-
-    def samples(self, items: Iterator[str]) -> Iterator[Sample]:
-        kept = (s for s in items if len(s) > self.longer_than)
-        for ids in pack_windows(kept, self.window, pack=False):
-            yield {"ids": ids}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,18 +14,14 @@ from typing import Any
 
 from data_prep.cli import execute, parser, parts_by_split, sources, split_from_name
 from data_prep.sources import decode_utf8, numbered_lines
-from data_prep.writer import Corpus, Part
-from sma.data.samples import Sample, pack_windows
+from data_prep.writer import Part, WindowCorpus
 
 PROG = "data_prep.smiles"
 SPLITS = ("train", "valid", "test")
 
 
-class SmilesCorpus(Corpus):
+class SmilesCorpus(WindowCorpus):
     name = "smiles"
-
-    def __init__(self, window: int):
-        self.window = window
 
     def records(self, part: Part, endpoint_url: str) -> Iterator[tuple[str, Any]]:
         return numbered_lines(part.source, endpoint_url)
@@ -37,10 +33,6 @@ class SmilesCorpus(Corpus):
         if any(c.isspace() for c in text) or not text.isascii() or not text.isprintable():
             raise ValueError(f"not a single SMILES string: {text[:60]!r}")
         return text
-
-    def samples(self, items: Iterator[str | None]) -> Iterator[Sample]:
-        for ids in pack_windows((s for s in items if s), self.window):
-            yield {"ids": ids}
 
 
 def main(argv: list[str] | None = None) -> dict:

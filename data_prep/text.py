@@ -24,8 +24,7 @@ from typing import Any
 
 from data_prep.cli import execute, parser, parts_by_split, sources
 from data_prep.sources import decode_utf8, numbered_lines, paragraphs, parquet_column
-from data_prep.writer import Corpus, Part
-from sma.data.samples import Sample, pack_windows
+from data_prep.writer import Part, WindowCorpus
 from sma.data.storage import open_url
 
 PROG = "data_prep.text"
@@ -83,11 +82,11 @@ def wikitext_to_plain(text: str) -> str:
     return "\n".join(re.sub(r" {2,}", " ", line.strip()) for line in plain.strip().splitlines())
 
 
-class TextCorpus(Corpus):
+class TextCorpus(WindowCorpus):
     name = "text"
 
     def __init__(self, window: int, text_column: str = "text"):
-        self.window = window
+        super().__init__(window)
         self.text_column = text_column
 
     def records(self, part: Part, endpoint_url: str) -> Iterator[tuple[str, Any]]:
@@ -122,10 +121,6 @@ class TextCorpus(Corpus):
         if not isinstance(value, (str, bytes)):
             raise TypeError(f"text must be a string, got {type(value).__name__}")
         return (decode_utf8(value) if isinstance(value, bytes) else value) or None
-
-    def samples(self, items: Iterator[str | None]) -> Iterator[Sample]:
-        for ids in pack_windows((d for d in items if d), self.window):
-            yield {"ids": ids}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from data_prep.shards import make_sink
 from sma.data.streaming_import import import_streaming
-from sma.data.samples import Sample, check_sample
+from sma.data.samples import Sample, check_sample, pack_windows
 from sma.data.storage import filesystem, join
 from sma.inputs import InputError
 
@@ -89,6 +89,23 @@ class Corpus:
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output besides the sources (part of each part's fingerprint)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class WindowCorpus(Corpus):
+    """A discrete corpus: ``parse`` gives documents (or None for records that hold none), which are cut
+    into byte-id windows of ``window`` ids (``sma.data.samples.pack_windows``)."""
+
+    pack = True  # several short documents per window
+
+    def __init__(self, window: int):
+        self.window = window
+
+    def keep(self, doc: str) -> bool:
+        return True
+
+    def samples(self, items: Iterator[str | None]) -> Iterator[Sample]:
+        for ids in pack_windows((d for d in items if d and self.keep(d)), self.window, self.pack):
+            yield {"ids": ids}
 
 
 @dataclass(frozen=True)
