@@ -1,8 +1,9 @@
 """Shard sinks: one part (the samples of one input file and split) into MDS or tar shards in a local
 staging folder. Uploading, checksums and manifests are ``data_prep.writer``'s job.
 
-Both sinks are deterministic: MDS files hold no timestamps, and tar members get ``mtime=0``, a fixed
-owner and mode; gzip streams are written with ``mtime=0`` (tarfile's own ``w|gz`` stamps the clock).
+Both sinks are deterministic: MDS files hold no timestamps, and tar members get ``mtime=0`` (an int:
+a float adds a PAX header to every member, which doubles the reader's header parsing), a fixed owner
+and mode; gzip streams are written with ``mtime=0`` (tarfile's own ``w|gz`` stamps the clock).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class WdsSink:
         self.open_streams: dict[str, tuple[IO, IO]] = {}
         self.writer = wds.ShardWriter(
             self.pattern, maxcount=shard_samples, maxsize=shard_bytes, verbose=0, opener=self._open,
-            post=self._closed, encoder=False, mtime=0.0, compress=False,
+            post=self._closed, encoder=False, mtime=0, compress=False,
         )
         self.count = 0
         self.counts: dict[str, int] = {}

@@ -117,23 +117,29 @@ def test_mds_refuses_a_rank_layout_that_disagrees_with_the_environment(shards, t
 
 
 RANK_SCRIPT = textwrap.dedent("""
-    import itertools, json, sys
+    import faulthandler, itertools, json, sys
+    faulthandler.dump_traceback_later(60, exit=True)  # a hung rank shows where it hangs, then fails
     from sma.config import load_config
     from sma.data import build_loader
     from sma.inputs import decode
+    import torch.distributed as dist
     url, run_dir, rank, out = sys.argv[1:5]
+    dist.init_process_group("gloo")  # as the trainer does before building loaders (streaming then reuses it)
     cfg = load_config(None, ["data.format=mds", f"data.train_url={url}", "model.max_len=64",
                              "model.num_latents=16", "data.num_workers=2", "data.micro_batch_size=4",
                              f"run_dir={run_dir}"])
     loader = build_loader(cfg, "train", int(rank), 2)
     seen = [decode(r[v])[:10] for b in itertools.islice(iter(loader), len(loader)) for r, v in zip(b.inputs, b.valid)]
     json.dump({"batches": len(loader), "seen": seen}, open(out, "w"))
+    dist.destroy_process_group()
 """)
 
 
 @pytest.mark.slow
 def test_mds_two_ranks_two_workers_read_every_sample_once_per_epoch(shards, tmp_path):
     # Two real processes on one node, laid out the way torchrun lays them out (streaming reads the env).
+    # Without a process group of the caller's, streaming creates and destroys its own twice in a row on
+    # the same port, which sometimes hangs; the trainer always has one.
     with socket.socket() as s:  # streaming may start a gloo group for its shared-memory cleanup
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -144,7 +150,7 @@ def test_mds_two_ranks_two_workers_read_every_sample_once_per_epoch(shards, tmp_
         procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, shards["mds"], str(tmp_path / "run"),
                                        str(rank), str(tmp_path / f"rank{rank}.json")], env=env))
     try:
-        assert [p.wait(timeout=180) for p in procs] == [0, 0]
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
     finally:
         for p in procs:
             if p.poll() is None:
