@@ -12,8 +12,9 @@ from data_prep.writer import Corpus, Part, PrepError, WriteOptions, run
 from sma.data.storage import expand_sources
 
 
-def parser(description: str, window: int | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(prog: str, description: str, window: int | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--src", nargs="+", required=True, help="input files, globs or fsspec URLs")
     ap.add_argument("--dst", required=True, help="destination folder or URL (file://, s3://, any fsspec URL)")
     ap.add_argument("--format", choices=FORMATS, default="mds", help="MDS (streaming) or tar (webdataset)")

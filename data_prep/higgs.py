@@ -115,7 +115,7 @@ def higgs_parts(src: list[str], test_rows: int, rows: int | None, endpoint_url: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = parser(__doc__)
+    ap = parser(PROG, __doc__)
     ap.add_argument("--test-rows", type=int, default=TEST_ROWS, help="CSV only: rows at the end for test")
     ap.add_argument("--rows", type=int, default=None, help="CSV only: row count if known (saves a counting pass)")
     args = ap.parse_args(argv)

@@ -125,7 +125,7 @@ class PfamCorpus(WindowCorpus):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = parser(__doc__, window=1024)
+    ap = parser(PROG, __doc__, window=1024)
     ap.add_argument("--split", default="train", help="split for files whose name names none (default train)")
     ap.add_argument("--longer-than", type=int, default=50, help="keep sequences longer than this (default 50)")
     args = ap.parse_args(argv)

@@ -36,7 +36,7 @@ class SmilesCorpus(WindowCorpus):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = parser(__doc__, window=256)
+    ap = parser(PROG, __doc__, window=256)
     ap.add_argument("--split", default="train", help="split for files whose name names none (default train)")
     args = ap.parse_args(argv)
     parts = parts_by_split([(s, split_from_name(s, SPLITS, args.split)) for s in sources(args)])

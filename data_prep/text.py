@@ -124,7 +124,7 @@ class TextCorpus(WindowCorpus):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = parser(__doc__, window=1024)
+    ap = parser(PROG, __doc__, window=1024)
     ap.add_argument("--split", default="train", help="split these sources are written to (default train)")
     ap.add_argument("--text-column", default="text", help="parquet/JSON field holding the text")
     args = ap.parse_args(argv)

@@ -187,6 +187,8 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
     """Read, convert, stage, checksum and upload one part; its record is written last."""
     report = progress or (lambda n, b: _progress_queue.put((n, b)) if _progress_queue is not None else None)
     result = PartResult(part, fingerprint=fingerprint(corpus, part, opts))
+    if opts.staging:
+        os.makedirs(opts.staging, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f"{part.name}-", dir=opts.staging or None)
     try:
         sink = make_sink(opts.format, staging, part.name, opts.compression, opts.shard_bytes, opts.shard_samples)
@@ -207,7 +209,10 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
                     log.warning("skipped %s", message)
 
         for sample in corpus.samples(items()):
-            sample = check_sample(sample, f"{part.source} sample {result.samples}")
+            try:
+                sample = check_sample(sample, f"{part.source} sample {result.samples}")
+            except InputError as e:  # a corpus module bug rather than bad input: always stop
+                raise PrepError(str(e)) from None
             sink.write(sample)
             if "x" in sample:
                 stats.add(sample["x"])

@@ -11,7 +11,7 @@ import torch
 from sma.config import load_config
 from sma.data import build_loader
 from sma.data.builtin import builtin_split
-from sma.inputs import SEP, check_batch, decode
+from sma.inputs import check_batch, decode
 
 HIGGS = ["data.builtin=higgs", "model.modality=continuous", "model.max_len=28", "model.encoder=transformer",
          "model.d_embed=128"]

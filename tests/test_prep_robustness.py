@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +143,35 @@ def test_manifest_records_sources_counts_checksums_and_command(tmp_path):
         for f in p["files"]:
             assert len(f["sha256"]) == 64 and (tmp_path / "out" / "train" / f["name"]).stat().st_size == f["bytes"]
     assert manifest["command"][:3] == ["python", "-m", "data_prep.text"] and "--dst" in manifest["command"]
+
+
+def test_killed_run_leaves_nothing_readers_accept_and_a_rerun_completes_it(tmp_path, caplog):
+    # The second input is a named pipe: the run completes part 0, then blocks opening part 1 until we
+    # SIGKILL it there. Nothing is timed: the kill happens at a known point of the run.
+    srcs = make_sources(tmp_path / "src")
+    fifo = Path(srcs[1])
+    content = fifo.read_bytes()
+    fifo.unlink()
+    os.mkfifo(fifo)
+    dst = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_prep.text", "--src", *srcs, "--dst", str(dst), "--format", "wds",
+           "--window", "64", "--shard-samples", "16", "--staging", str(tmp_path / "staging"), "--quiet"]
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 120
+        while not (dst / "train" / "part-00000.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert not (dst / "manifest.json").exists() and not (dst / "train" / "shards.json").exists()
+    with pytest.raises(InputError, match="has not finished"):
+        read_back(str(dst / "train"), "wds", 64)
+    fifo.unlink()
+    fifo.write_bytes(content)
+    with caplog.at_level(logging.INFO, logger="data_prep"):
+        prep(srcs, dst, "wds")
+    assert "2 part(s) to write, 1 already complete and verified" in caplog.text
+    prep(srcs, tmp_path / "clean", "wds")
+    assert read_back(str(dst / "train"), "wds", 64) == read_back(str(tmp_path / "clean" / "train"), "wds", 64)

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sma.data.samples import Sample
@@ -149,12 +148,3 @@ class EpochLoader:
             raise ValueError(f"loader state batch={state['batch']} outside an epoch of {self.batches_per_epoch}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
-
-def seeded_generator(*seeds: int) -> torch.Generator:
-    """A torch generator seeded from several integers (e.g. seed, epoch, rank, role)."""
-    g = torch.Generator()
-    value = 0
-    for s in seeds:
-        value = (value * 1_000_003 + int(s)) % (2**63 - 1)
-    g.manual_seed(value)
-    return g

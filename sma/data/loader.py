@@ -8,7 +8,6 @@ from sma.config import TrainConfig
 from sma.data.builtin import MemoryStream, builtin_split, feature_stats
 from sma.data.collate import Collate
 from sma.data.epochs import EpochLoader, Plan
-from sma.inputs import Batch
 
 SPLITS = ("train", "eval")
 
@@ -54,7 +53,3 @@ def build_loader(cfg: TrainConfig, split: str, rank: int, world_size: int) -> Lo
 
     return build_mds_loader(cfg, url, train, rank, world_size)
 
-
-def first_batch(cfg: TrainConfig, split: str = "train") -> Batch:
-    """One batch, for quick checks (shapes, model construction)."""
-    return next(iter(build_loader(cfg, split, 0, 1)))

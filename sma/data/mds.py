@@ -20,7 +20,7 @@ from typing import Any
 
 from sma.config import TrainConfig
 from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
-from sma.data.storage import is_local, join, local_path, use_endpoint
+from sma.data.storage import is_local, local_path, use_endpoint
 from sma.data.streaming_import import import_streaming
 from sma.inputs import Batch, InputError
 
