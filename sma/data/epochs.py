@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sma.data.samples import Sample
@@ -126,7 +127,7 @@ class EpochLoader:
         if self.num_workers == 0:
             yield from self.stream
             return
-        yield from DataLoader(self.stream, batch_size=None, num_workers=self.num_workers)
+        yield from DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, generator=private_generator())
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.train:
@@ -148,3 +149,9 @@ class EpochLoader:
             raise ValueError(f"loader state batch={state['batch']} outside an epoch of {self.batches_per_epoch}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
+
+def private_generator() -> torch.Generator:
+    """A generator for a DataLoader's worker seeds. Without one, every new DataLoader iterator (each epoch,
+    each resume) draws from the global torch RNG, which the model uses for masks: a resumed run would
+    then draw different masks than an uninterrupted one. Our readers seed their own shuffles."""
+    return torch.Generator().manual_seed(0)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sma.config import TrainConfig
 from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
+from sma.data.epochs import private_generator
 from sma.data.storage import is_local, local_path, use_endpoint
 from sma.data.streaming_import import import_streaming
 from sma.inputs import Batch, InputError
@@ -151,7 +152,7 @@ def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
     collate = collate_for_shards(cfg.model.max_len, url, data.endpoint_url)
     loader = streaming.StreamingDataLoader(
         dataset, batch_size=data.micro_batch_size, num_workers=data.num_workers, drop_last=True,
-        collate_fn=TupleCollate(collate), persistent_workers=False,
+        collate_fn=TupleCollate(collate), persistent_workers=False, generator=private_generator(),
     )
     log.info("mds %s: %d samples, %d batches per epoch per rank (cache %s)", url, dataset.size, len(loader), local)
     return MdsLoader(loader, train, f"mds:{url}", local)
