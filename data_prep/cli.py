@@ -45,7 +45,11 @@ def options(args: argparse.Namespace, argv: list[str] | None, prog: str) -> Writ
 
 
 def sources(args: argparse.Namespace) -> list[str]:
-    return expand_sources(args.src, args.endpoint_url)
+    """The expanded ``--src`` list; a pattern that matches nothing ends the command naming it."""
+    try:
+        return expand_sources(args.src, args.endpoint_url)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def split_from_name(url: str, splits: tuple[str, ...], default: str) -> str:

@@ -170,3 +170,4 @@ def test_mds_two_ranks_two_workers_read_every_sample_once_per_epoch(shards, tmp_
     assert [r["batches"] for r in results] == [12, 12]
     seen = Counter(itertools.chain(*(r["seen"] for r in results)))
     assert seen == Counter(f"sample {i:03d}" for i in range(NUM_SAMPLES))
+

@@ -97,6 +97,13 @@ def test_skip_mode_counts_bad_records_and_keeps_the_rest(tmp_path):
     assert "file 2 doc 1:" in texts and "file 2 doc 2:" not in texts and "file 2 doc 3:" in texts
 
 
+def test_a_src_pattern_matching_nothing_stops_the_command_naming_it(tmp_path):
+    srcs = make_sources(tmp_path / "src")
+    with pytest.raises(SystemExit, match=r"--src '.*/nothing-\*.jsonl' matches no file"):
+        prep([*srcs, str(tmp_path / "nothing-*.jsonl")], tmp_path / "out", "wds")
+    assert not (tmp_path / "out").exists()
+
+
 def test_rerun_rewrites_a_part_whose_shard_fails_its_checksum(tmp_path, caplog):
     srcs = make_sources(tmp_path / "src")
     dst = tmp_path / "out"
