@@ -7,8 +7,13 @@ Exit codes: 0 done, 124 preempted by SIGUSR1/SIGTERM after saving a checkpoint (
 """
 
 import sys
+from pathlib import Path
 
-from sma.train.launch import main
+# Launchers put train/ first on sys.path; put the checkout this script belongs to ahead of any other
+# installed copy of sma, so the code that runs is the code next to the script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sma.train.launch import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
