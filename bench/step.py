@@ -173,15 +173,22 @@ def peak_memory(cfg: ModelConfig, masking: MaskingConfig, batch_size: int, devic
 
 
 def measure_shape(name: str, cfg: ModelConfig, masking: MaskingConfig, batch_size: int, device: str,
-                  dtype: torch.dtype, steps: int) -> dict:
+                  dtype: torch.dtype, steps: int, rounds: int = 3) -> dict:
+    """Times SMA, random masking and the reference on one shape. SMA and random masking alternate in
+    ``rounds`` rounds so slow drifts of the machine (allocator growth, other load) hit both alike."""
     torch.manual_seed(0)
     model = build_pretrain_model(cfg, masking).to(device)
-    batch = make_batch(cfg, batch_size, device)
-    fast_s, sel_s = time_steps(model, batch, fast_loss, device, dtype, steps)
-    ref_s, _ = time_steps(model, batch, reference_step_loss, device, dtype, max(2, steps // 2), warmup=1)
     random_model = build_pretrain_model(cfg, dataclasses.replace(masking, mode="random")).to(device)
     random_model.load_state_dict(model.state_dict())
-    random_s, _ = time_steps(random_model, batch, fast_loss, device, dtype, steps)
+    batch = make_batch(cfg, batch_size, device)
+    fast, selection, rand = [], [], []
+    for _ in range(rounds):
+        t, sel = time_steps(model, batch, fast_loss, device, dtype, steps)
+        fast.append(t)
+        selection.append(sel)
+        rand.append(time_steps(random_model, batch, fast_loss, device, dtype, steps)[0])
+    ref_s, _ = time_steps(model, batch, reference_step_loss, device, dtype, max(2, steps // 2), warmup=1)
+    fast_s, sel_s, random_s = statistics.median(fast), statistics.median(selection), statistics.median(rand)
     tokens = int(batch.valid.sum())
     return {"shape": name, "batch": batch_size, "n": cfg.max_len, "fast_s": fast_s, "reference_s": ref_s,
             "random_s": random_s, "selection_s": sel_s, "tokens_per_s": tokens / fast_s,
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: fp32 on CPU, bf16 on GPU")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per round (3 rounds)")
     parser.add_argument("--text-batch", type=int, default=None, help="default: 16 on CPU, 32 on GPU")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-memory", action="store_true")

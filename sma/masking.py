@@ -80,6 +80,12 @@ def draw_queries(candidates: torch.Tensor, m: torch.Tensor, ids: torch.Tensor,
     return chosen.masked_fill(~keep, -1)
 
 
+def _chunk_logits(q_r: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Logits of the chosen queries against keys s:e, padding keys at -inf, in one fused
+    ``baddbmm``. q_r: (B*H, m, d), k: (B*H, n, d), bias: (B*H, 1, n) -> (B*H, m, e - s)."""
+    return torch.baddbmm(bias[..., s:e], q_r, k[:, s:e].transpose(-1, -2))
+
+
 @torch.no_grad()
 def selection_scores(
     q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, chosen: torch.Tensor, head_weights: torch.Tensor,
@@ -96,22 +102,22 @@ def selection_scores(
     n = k.shape[2]
     m = chosen.shape[1]
     idx = chosen.clamp(min=0)[:, None, :, None].expand(b, h, m, d)
-    q_r = q.gather(2, idx).float() * (d ** -0.5)  # (B, H, m, d)
-    k = k.float()
-    neg = torch.zeros(b, 1, 1, n, device=q.device).masked_fill(~valid[:, None, None, :], float("-inf"))
+    q_r = (q.gather(2, idx).float() * (d ** -0.5)).reshape(b * h, m, d)
+    k = k.float().contiguous().view(b * h, n, d)
+    bias = torch.zeros(b, h, 1, n, device=q.device)
+    bias = bias.masked_fill_(~valid[:, None, None, :], float("-inf")).view(b * h, 1, n)
     chunk = max(1, min(n, chunk_elems // max(1, b * h * m)))
     if chunk >= n:
-        probs = torch.softmax(q_r @ k.transpose(-1, -2) + neg, dim=-1)  # (B, H, m, n)
-        return torch.einsum("bhm,bhmn->bn", head_weights, probs)
+        probs = torch.softmax(_chunk_logits(q_r, k, bias, 0, n), dim=-1)  # (B*H, m, n)
+        return torch.einsum("bhm,bhmn->bn", head_weights, probs.view(b, h, m, n))
     # Two passes so memory stays O(B*H*m*chunk): the log-normalizer first, then the weighted sums.
-    lse = torch.full((b, h, m), float("-inf"), device=q.device)
+    lse = torch.full((b * h, m, 1), float("-inf"), device=q.device)
     for s in range(0, n, chunk):
-        logits = q_r @ k[:, :, s:s + chunk].transpose(-1, -2) + neg[..., s:s + chunk]
-        lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+        lse = torch.logaddexp(lse, torch.logsumexp(_chunk_logits(q_r, k, bias, s, s + chunk), -1, keepdim=True))
     scores = torch.empty(b, n, device=q.device)
     for s in range(0, n, chunk):
-        logits = q_r @ k[:, :, s:s + chunk].transpose(-1, -2) + neg[..., s:s + chunk]
-        scores[:, s:s + chunk] = torch.einsum("bhm,bhmn->bn", head_weights, torch.exp(logits - lse[..., None]))
+        probs = _chunk_logits(q_r, k, bias, s, s + chunk).sub_(lse).exp_()
+        scores[:, s:s + chunk] = torch.einsum("bhm,bhmn->bn", head_weights, probs.view(b, h, m, -1))
     return scores
 
 

@@ -49,6 +49,11 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def gather_heads(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, n, d), idx: (B, L) -> (B, H, L, d)."""
+    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+
+
 def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Indices of the kept tokens of each row, in their original order, padded to the longest count.
 
@@ -124,8 +129,7 @@ class PerceiverEncoder(nn.Module):
         if select is not None:
             mask = select.choose(q.detach(), k.detach()) if select.needs_attention else select.choose(None, None)
         idx, key_valid = compact(valid & ~mask)
-        k_vis = k.gather(2, idx[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3]))
-        out = attn.combine(q, k_vis, attn.project_v(gather_rows(kv, idx)), key_valid)
+        out = attn.combine(q, gather_heads(k, idx), attn.project_v(gather_rows(kv, idx)), key_valid)
         z = self.cross.finish(latents, out)
         for layer in self.layers:
             z = layer(z)
@@ -148,19 +152,24 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, select: Selector | None = None) -> EncoderOutput:
         """x: (B, n, d_embed) embedded inputs, valid: (B, n)."""
-        first = self.layers[0]
-        mask = torch.zeros_like(valid)
+        first, rest = self.layers[0], self.layers[1:]
         if select is not None and select.needs_attention:
-            with torch.no_grad():
-                h = first.norm_q(x)
-                mask = select.choose(first.attn.project_q(h), first.attn.project_k(h))
-        elif select is not None:
-            mask = select.choose(None, None)
-        idx, key_valid = compact(valid & ~mask)
-        # Layer norm and projections act per token, so running layer 1 on the gathered visible tokens
-        # equals masking their keys with -inf and dropping the masked rows afterwards.
-        z = gather_rows(x, idx)  # (B, n_vis, D)
-        for layer in self.layers:
+            # Layer 1's q and k over all tokens choose the mask; the visible tokens' rows of the same q
+            # and k then attend, so layer 1 is computed once. Gathering rows equals masking the other
+            # keys with -inf and dropping the masked rows afterwards (norms and projections act per token).
+            attn = first.attn
+            h = first.norm_q(x)
+            q, k = attn.project_q(h), attn.project_k(h)  # (B, H, n, dk)
+            mask = select.choose(q.detach(), k.detach())
+            idx, key_valid = compact(valid & ~mask)
+            out = attn.combine(gather_heads(q, idx), gather_heads(k, idx), attn.project_v(gather_rows(h, idx)),
+                               key_valid)
+            z = first.finish(gather_rows(x, idx), out)  # (B, n_vis, D)
+        else:
+            mask = torch.zeros_like(valid) if select is None else select.choose(None, None)
+            idx, key_valid = compact(valid & ~mask)
+            z, rest = gather_rows(x, idx), self.layers
+        for layer in rest:
             z = layer(z, key_valid=key_valid)
         return EncoderOutput(self.norm(z), key_valid, mask, idx)
 
