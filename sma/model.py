@@ -18,7 +18,7 @@ from torch import nn
 
 from sma.attention import Block
 from sma.config import MaskingConfig, ModelConfig, validate_model
-from sma.inputs import VOCAB_SIZE, Batch
+from sma.inputs import VOCAB_SIZE, Batch, InputError
 from sma.masking import curriculum_schedule, num_to_mask, random_mask, self_guided_mask, span_mask, word_mask
 
 
@@ -82,8 +82,16 @@ class InputEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        if not self.discrete:
-            x = x.to(self.token.weight.dtype)  # float32 data into a bf16 / fp16 model
+        # Shape checks only (no device sync): wrong data for this model fails here with a clear message.
+        if n > self.position.shape[0]:
+            raise InputError(f"inputs have {n} tokens, the model's max_len is {self.position.shape[0]}")
+        if self.discrete:
+            if x.ndim != 2 or torch.is_floating_point(x):
+                raise InputError(f"this model takes (B, n) byte ids, got {x.dtype} {tuple(x.shape)}")
+            return self.norm(self.token(x) + self.position[:n])
+        if x.ndim != 3 or x.shape[-1] != self.token.in_features:
+            raise InputError(f"this model takes (B, n, d_raw={self.token.in_features}) values, got {tuple(x.shape)}")
+        x = x.to(self.token.weight.dtype)  # float32 data into a bf16 / fp16 model
         return self.norm(self.token(x) + self.position[:n])
 
 

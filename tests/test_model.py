@@ -202,3 +202,16 @@ def test_tied_decoder_positions_and_output_embedding():
     out = model(text_batch())
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def test_data_that_does_not_fit_the_model_raises_a_clear_error():
+    from sma.inputs import InputError
+
+    text_model = build_pretrain_model(tiny_perceiver(max_len=16), TEXT_MASKING)
+    with pytest.raises(InputError, match="max_len is 16"):
+        text_model(text_batch(max_len=48))
+    with pytest.raises(InputError, match=r"\(B, n\) byte ids"):
+        text_model(table_batch(n=16))
+    table_model = build_pretrain_model(tiny_transformer(), HIGGS_MASKING)
+    with pytest.raises(InputError, match="d_raw=1"):
+        table_model(Batch(torch.zeros(2, 28, 3), torch.ones(2, 28, dtype=torch.bool)))
