@@ -324,10 +324,10 @@ class SMAPretrainModel(nn.Module):
     def _standardize(target: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Standardize targets (B, M, d_raw) by each sample's per-channel mean and std over its valid
         tokens, so the loss does not depend on the scale of a sample's values."""
-        w = batch.valid[..., None].float()
+        x, w = batch.inputs.float(), batch.valid[..., None].float()  # statistics in fp32 even for bf16 data
         cnt = w.sum(1, keepdim=True).clamp(min=1)
-        mean = (batch.inputs * w).sum(1, keepdim=True) / cnt
-        var = (((batch.inputs - mean) ** 2) * w).sum(1, keepdim=True) / cnt
+        mean = (x * w).sum(1, keepdim=True) / cnt
+        var = (((x - mean) ** 2) * w).sum(1, keepdim=True) / cnt
         return (target - mean) / (var + 1e-6).sqrt()
 
     def forward(self, batch: Batch, progress: float = 1.0, generator: torch.Generator | None = None,
