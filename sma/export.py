@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 from sma.checkpoint import FORMAT
 from sma.config import ConfigError, TrainConfig, config_from_dict, to_dict
 from sma.model import build_pretrain_model
-from sma.train.checkpointing import read_meta, resolve_checkpoint
+from sma.train.checkpointing import atomic_torch_save, read_meta, resolve_checkpoint
 from sma.train.optim import param_groups
 
 log = logging.getLogger("sma.export")
@@ -55,9 +54,7 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
             "step": read_meta(tag_dir)["step"]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, out)  # never leave a half-written export behind
+    atomic_torch_save(blob, out)  # never leave a half-written export behind
     log.info("exported %s (step %d, %d tensors) to %s", tag_dir, blob["step"], len(blob["model"]), out)
     return out
 

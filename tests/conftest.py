@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from sma.train.env import free_port
+
 
 @dataclass(frozen=True)
 class S3:
@@ -25,16 +27,10 @@ class S3:
         return "/".join([f"s3://{self.bucket}", *path])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto_server() -> tuple[subprocess.Popen, str]:
     """Start ``python -m moto.server`` on a free loopback port; return the process and its endpoint URL.
     It is a process of its own, so every process of a test (or benchmark) reaches it over HTTP."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

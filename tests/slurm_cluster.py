@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sma.train.env import free_port
+
 NODES = ("n1", "n2")
 PACKAGES = ("slurm-wlm", "munge")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
@@ -31,12 +33,6 @@ FINAL_STATES = frozenset(
 
 class SlurmUnavailable(RuntimeError):
     """Slurm cannot be installed or started here; the message says why (used as the skip reason)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -78,7 +74,7 @@ class SlurmCluster:
         lines = [
             "ClusterName=smatest",
             f"SlurmctldHost={host}",
-            f"SlurmctldPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
@@ -109,7 +105,7 @@ class SlurmCluster:
         cpus = os.cpu_count() or 1
         for name in NODES:
             lines.append(
-                f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+                f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
                 f"CPUs={cpus} RealMemory=1000 State=UNKNOWN"
             )
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")

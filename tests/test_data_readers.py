@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import torch
 
 from data_prep import text
 from sma.config import load_config
+from sma.train.env import free_port
 from sma.data import build_loader
 from sma.data.mds import set_local_world_size
 from sma.inputs import decode
@@ -151,9 +151,7 @@ def test_mds_two_ranks_two_workers_read_every_sample_once_per_epoch(shards, tmp_
     # Two real processes on one node, laid out the way torchrun lays them out (streaming reads the env).
     # Without a process group of the caller's, streaming creates and destroys its own twice in a row on
     # the same port, which sometimes hangs; the trainer always has one.
-    with socket.socket() as s:  # streaming may start a gloo group for its shared-memory cleanup
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # streaming may start a gloo group for its shared-memory cleanup
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),

@@ -3,7 +3,6 @@ exact resume after a crash mid-save, and preemption with resume on a different w
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal

@@ -49,7 +49,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -118,7 +118,7 @@ class CheckpointManager:
                 shutil.rmtree(tag_dir)
         torch.distributed.barrier()
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
-        _atomic_torch_save(trainer_state, tag_dir / f"trainer_rank{self.env.rank:05d}.pt")
+        atomic_torch_save(trainer_state, tag_dir / f"trainer_rank{self.env.rank:05d}.pt")
         if os.environ.get(_KILL_IN_SAVE_ENV) == str(step):
             os.kill(os.getpid(), 9)
         torch.distributed.barrier()  # every rank's files are on disk past this point
