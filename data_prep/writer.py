@@ -244,12 +244,13 @@ def _upload(staging: str, names: list[tuple[str, int | None]], part: Part, opts:
     if opts.format == "mds" and names:
         with open(os.path.join(staging, part.name, "index.json")) as f:
             result.mds_index = json.load(f)
-    with fs.open(join(root, f"{part.name}.json"), "w") as f:  # the completion record, last
-        json.dump(result.record(), f, indent=1, sort_keys=True)
+    _write_json(fs, join(root, f"{part.name}.json"), result.record())  # the completion record, last
 
 
 def _remove_part(fs, root: str, part: Part) -> None:
-    for path in fs.glob(join(root, f"{part.name}-*")) + fs.glob(join(root, part.name)):
+    leftovers = fs.glob(join(root, f"{part.name}-*")) + fs.glob(join(root, part.name))
+    leftovers += fs.glob(join(root, f".{part.name}.json.*.tmp"))  # a record whose write was killed
+    for path in leftovers:
         fs.rm(path, recursive=True)
 
 
@@ -259,8 +260,12 @@ def reuse_part(corpus: Corpus, part: Part, opts: WriteOptions) -> PartResult | N
     record_path = join(root, f"{part.name}.json")
     if not fs.exists(record_path):
         return None
-    with fs.open(record_path) as f:
-        rec = json.load(f)
+    try:
+        with fs.open(record_path) as f:
+            rec = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        log.warning("%s is unreadable (%s); rewriting %s", record_path, e, part.name)
+        return None
     if rec.get("fingerprint") != fingerprint(corpus, part, opts):
         log.info("%s/%s was written with other settings; rewriting it", part.split, part.name)
         return None
@@ -420,5 +425,15 @@ def _feature_stats(train: list[PartResult]) -> dict[str, Any] | None:
 
 
 def _write_json(fs, path: str, obj: Any) -> None:
-    with fs.open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+    """Write ``obj`` so that ``path`` is either absent or complete, never half written.
+
+    A local ``open(path, "w")`` creates the file before its content is written, so a process killed
+    in between leaves an empty record that a later run would read. The content goes to a hidden
+    temporary name first and is renamed into place (atomic locally; an object store's PUT of the
+    final name is atomic already).
+    """
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.{os.getpid()}.tmp"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)

@@ -117,6 +117,22 @@ def test_rerun_rewrites_a_part_whose_shard_fails_its_checksum(tmp_path, caplog):
     assert shard.read_bytes() == good
 
 
+def test_rerun_rewrites_a_part_whose_record_was_left_half_written(tmp_path, caplog):
+    srcs = make_sources(tmp_path / "src")
+    dst = tmp_path / "out"
+    prep(srcs, dst, "wds")
+    record = dst / "train" / "part-00002.json"
+    good = json.loads(record.read_text())
+    record.write_text(record.read_text()[:40])  # what a crash mid-write of a non-atomic writer leaves
+    leftover = dst / "train" / ".part-00002.json.999.tmp"  # a temporary record of a killed run
+    leftover.write_text("{")
+    with caplog.at_level(logging.INFO, logger="data_prep"):
+        prep(srcs, dst, "wds")
+    assert "part-00002.json is unreadable" in caplog.text
+    assert "1 part(s) to write, 2 already complete and verified" in caplog.text
+    assert json.loads(record.read_text()) == good and not leftover.exists()
+
+
 @pytest.mark.parametrize("compression", [False, True])
 def test_truncated_tar_shard_error_names_the_shard(tmp_path, compression):
     srcs = make_sources(tmp_path / "src")
