@@ -24,6 +24,8 @@ if [[ ! -f "$SMA_ROOT/train/pretrain.py" ]]; then
     exit 2
 fi
 cd "$SMA_ROOT"
+# The checkout being launched is the code that runs, whatever sma the interpreter has installed.
+export PYTHONPATH="$SMA_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 SMA_CONFIG=${SMA_CONFIG:?each slurm/*.sh sets SMA_CONFIG before sourcing launch.sh}
 SMA_RUN_DIR=${SMA_RUN_DIR:-runs/${SLURM_JOB_NAME}-${SLURM_JOB_ID}}
