@@ -90,7 +90,7 @@ def test_higgs_job_trains_on_two_nodes_and_leaves_a_checkpoint(slurm: SlurmClust
 
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm: SlurmCluster, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    max_steps = 150
+    max_steps = 300  # ~15 s of training after the signal is sent: it lands well before the end
     # No periodic checkpoint before the end: the resume point can only come from the preemption save.
     job_id = submit_higgs(slurm, run_dir, f"max_steps={max_steps} checkpoint_every={max_steps}")
     deadline = time.monotonic() + JOB_TIMEOUT

@@ -4,7 +4,7 @@ streaming does the per-rank partitioning (it reads ``RANK``, ``WORLD_SIZE``, ``L
 the environment), the seeded epoch shuffle and the exact mid-epoch resume, which it supports only
 through its loader's ``state_dict()`` (samples consumed so far) and ``load_state_dict()``. Pitfalls
 handled here: the ``deepspeed`` launcher sets ``LOCAL_SIZE`` but not ``LOCAL_WORLD_SIZE``; a killed
-run leaves stale shared memory (cleaned once per process, before the first dataset); a cache folder
+run leaves stale shared memory (released before each dataset is made: ``sma.data.shm``); a cache folder
 reused for another remote silently serves the old data (one cache folder per remote URL); the S3
 endpoint is read from ``S3_ENDPOINT_URL``.
 """
@@ -21,12 +21,12 @@ from typing import Any
 from sma.config import TrainConfig
 from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
 from sma.data.epochs import private_generator
+from sma.data.shm import release_stale_shared_memory
 from sma.data.storage import is_local, local_path, use_endpoint
 from sma.data.streaming_import import import_streaming
 from sma.inputs import Batch, InputError
 
 log = logging.getLogger(__name__)
-_cleaned_shared_memory = False
 
 
 def set_local_world_size() -> None:
@@ -45,6 +45,21 @@ def check_world(rank: int, world_size: int) -> None:
             f"MDS reading takes the rank layout from the environment (RANK={env_rank}, WORLD_SIZE={env_world}) "
             f"but the caller asked for rank {rank} of {world_size}; start ranks with torchrun or deepspeed"
         )
+
+
+def release_stale_registrations(local: str) -> None:
+    """Before a dataset on ``local`` exists: the local leader releases what killed runs left registered
+    for it, while the other local ranks wait (they would otherwise meet the stale registration first)."""
+    import torch.distributed as dist
+    from streaming.base.distributed import maybe_init_dist  # as StreamingDataset itself does
+
+    made_group = maybe_init_dist()
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        release_stale_shared_memory([local])
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if made_group:
+        dist.destroy_process_group()
 
 
 def cache_folder(cfg: TrainConfig, url: str) -> str:
@@ -126,18 +141,11 @@ class MdsLoader:
 
 
 def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_size: int) -> MdsLoader:
-    global _cleaned_shared_memory
     data = cfg.data
     streaming = import_streaming()
     set_local_world_size()
     check_world(rank, world_size)
     use_endpoint(data.endpoint_url)
-    if not _cleaned_shared_memory:
-        # Must run on every rank before any dataset of this process exists (it syncs local ranks).
-        from streaming.base.util import clean_stale_shared_memory
-
-        clean_stale_shared_memory()
-        _cleaned_shared_memory = True
     if is_local(url):
         remote, local = None, local_path(url)
         if not os.path.exists(os.path.join(local, "index.json")):
@@ -145,6 +153,7 @@ def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
                              "finished (the index is written last)")
     else:
         remote, local = url, cache_folder(cfg, url)
+    release_stale_registrations(local)
     dataset = streaming.StreamingDataset(
         remote=remote, local=local, shuffle=train and data.shuffle, shuffle_seed=cfg.seed,
         batch_size=data.micro_batch_size, validate_hash="sha1" if data.validate_hash else None,

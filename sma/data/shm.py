@@ -1,0 +1,100 @@
+"""Release the shared memory that killed streaming runs leave in ``/dev/shm``.
+
+A ``StreamingDataset`` registers itself in a set of POSIX shared-memory segments named
+``NNNNNN_locals``, ``NNNNNN_barrier``, ... (one integer prefix per dataset; ``locals`` lists its local
+folders). A run that exits normally releases them; one killed with its whole process group (Slurm's
+time limit or requeue, the OOM killer, ``kill -9`` of a job) also kills Python's resource tracker, and
+the segments stay until the machine reboots. Every resume of a preempted job on the same node leaks
+another set, the largest of which holds a whole epoch's sample ids.
+
+streaming's own ``clean_stale_shared_memory`` does not fit: it walks prefixes from 0 and stops at the
+first free one, so it misses the prefixes runs actually leave (streaming skips any prefix whose lock
+file is in the temp folder, and those accumulate), and it unlinks every segment it can open, those of
+a dataset another job on the node is reading at that moment included. Here a prefix is stale only when
+its ``locals`` names one of *our* folders and no process has any of its segments mapped (read from
+``/proc/*/maps``); only such prefixes are removed, lock files included. Linux only: elsewhere, nothing
+is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Collection
+
+from sma.data.streaming_import import import_streaming
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+_SEGMENT = re.compile(r"(\d{6})_[a-z_]+")
+
+
+def mapped_segments() -> set[str]:
+    """Names of the ``/dev/shm`` segments some process on this machine has mapped (that we may read)."""
+    names = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                for line in maps:
+                    at = line.find(SHM_DIR + "/")
+                    if at >= 0:
+                        names.add(line[at + len(SHM_DIR) + 1:].split()[0])
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return names
+
+
+def stale_prefixes(local_dirs: Collection[str]) -> list[str]:
+    """Prefixes registered for one of ``local_dirs`` whose segments no live process maps."""
+    if not os.path.isdir(SHM_DIR) or not os.path.isdir("/proc"):
+        return []
+    import_streaming()
+    from streaming.base.shared.prefix import _unpack_locals  # the format of the "locals" segment
+
+    wanted = {os.path.abspath(d) for d in local_dirs}
+    by_prefix: dict[str, list[str]] = {}
+    for name in os.listdir(SHM_DIR):
+        if (m := _SEGMENT.fullmatch(name)):
+            by_prefix.setdefault(m[1], []).append(name)
+    candidates = []
+    for prefix, names in by_prefix.items():
+        try:
+            with open(os.path.join(SHM_DIR, f"{prefix}_locals"), "rb") as f:
+                their_locals, _ = _unpack_locals(f.read())
+        except (OSError, ValueError, UnicodeDecodeError, IndexError):
+            continue  # no readable registration: not ours to judge
+        if wanted & {os.path.abspath(d) for d in their_locals}:
+            candidates.append(prefix)
+    if not candidates:
+        return []
+    in_use = mapped_segments()
+    return sorted(p for p in candidates if not any(n in in_use for n in by_prefix[p]))
+
+
+def release_stale_shared_memory(local_dirs: Collection[str]) -> list[str]:
+    """Remove the segments and lock files of :func:`stale_prefixes`; return the prefixes removed.
+
+    Call it on one process per machine (the local leader) before its dataset exists, and make the
+    other local ranks wait for it: they would otherwise meet the stale registration first.
+    """
+    removed = []
+    for prefix in stale_prefixes(local_dirs):
+        for name in os.listdir(SHM_DIR):
+            if name.startswith(prefix + "_"):
+                try:
+                    os.remove(os.path.join(SHM_DIR, name))
+                except FileNotFoundError:
+                    pass
+        for lock in ("barrier_filelock", "cache_filelock"):
+            try:
+                os.remove(os.path.join(tempfile.gettempdir(), f"{prefix}_{lock}"))
+            except FileNotFoundError:
+                pass
+        removed.append(prefix)
+    if removed:
+        log.warning("released shared memory left by killed streaming run(s) on %s (prefixes %s)",
+                    ", ".join(sorted(local_dirs)), ", ".join(removed))
+    return removed

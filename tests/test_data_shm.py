@@ -1,0 +1,85 @@
+"""Shared memory that killed streaming runs leave behind: released on restart, never a live run's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_prep import text
+from sma.data.shm import stale_prefixes
+from test_prep_formats import write_jsonl
+
+pytestmark = [pytest.mark.usefixtures("streaming_shm_cleanup"),
+              pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory lives in /dev/shm on Linux")]
+
+READ_ONE_BATCH = """
+import sys, time
+from sma.config import load_config
+from sma.data import build_loader
+cfg = load_config(None, ["data.format=mds", f"data.train_url={sys.argv[1]}", "model.max_len=64",
+                         "model.num_latents=16", "data.micro_batch_size=2", f"data.cache_dir={sys.argv[2]}"])
+batch = next(iter(build_loader(cfg, "train", 0, 1)))
+print("READ", batch.inputs.shape[0], flush=True)
+if sys.argv[3] == "wait":
+    time.sleep(600)
+"""
+
+
+def write_mds(tmp_path: Path, dst: str) -> None:
+    src = write_jsonl(tmp_path / "docs.jsonl", [f"doc {i} " + "abc " * (i % 11) for i in range(60)])
+    text.main(["--src", str(src), "--dst", dst, "--window", "64", "--quiet"])
+
+
+def reader(tmp_path: Path, url: str) -> list[str]:
+    script = tmp_path / "read.py"
+    script.write_text(READ_ONE_BATCH)
+    return [sys.executable, str(script), url, str(tmp_path / "cache")]
+
+
+def start_waiting_reader(args: list[str]) -> tuple[subprocess.Popen, list[str]]:
+    """A reader in a process group of its own, holding its dataset; and the segments it registered."""
+    before = set(os.listdir("/dev/shm"))
+    proc = subprocess.Popen([*args, "wait"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout.readline().startswith("READ 2")
+    return proc, sorted(set(os.listdir("/dev/shm")) - before)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    # The whole group, as Slurm or the OOM killer do: Python's resource tracker dies too, so nothing
+    # releases the segments.
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_a_killed_s3_run_restarting_on_its_cache_releases_what_it_left(s3, tmp_path):
+    write_mds(tmp_path, s3.url("mds"))
+    args = reader(tmp_path, s3.url("mds", "train"))
+    proc, left = start_waiting_reader(args)
+    kill_group(proc)
+    assert any(name.endswith("_locals") for name in left), left
+    assert all(os.path.exists(f"/dev/shm/{name}") for name in left)
+
+    restarted = subprocess.run([*args, "exit"], capture_output=True, text=True, timeout=300)
+    assert restarted.returncode == 0 and restarted.stdout.startswith("READ 2"), restarted.stderr[-3000:]
+    assert "released shared memory left by killed streaming run" in restarted.stderr
+    assert not any(os.path.exists(f"/dev/shm/{name}") for name in left)
+
+
+def test_only_registrations_of_dead_runs_on_our_folder_are_stale(tmp_path):
+    folder = tmp_path / "mds" / "train"
+    write_mds(tmp_path, str(tmp_path / "mds"))
+    proc, left = start_waiting_reader(reader(tmp_path, str(folder)))
+    prefix = next(name for name in left if name.endswith("_locals")).split("_")[0]
+    try:
+        assert stale_prefixes([str(folder)]) == []  # alive: another job may read the same folder
+    finally:
+        kill_group(proc)
+    assert stale_prefixes([str(tmp_path / "elsewhere")]) == []  # not registered for that folder
+    assert stale_prefixes([str(folder)]) == [prefix]
+    subprocess.run([*reader(tmp_path, str(folder)), "exit"], check=True, capture_output=True, timeout=300)
+    assert stale_prefixes([str(folder)]) == [] and not os.path.exists(f"/dev/shm/{prefix}_locals")
