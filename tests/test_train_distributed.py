@@ -100,6 +100,19 @@ def test_zero3_export_matches_zero1_run_and_loads_without_deepspeed(zero_run: Ca
         assert torch.equal(v, w3_last["model"][k]), k
 
 
+def test_deepspeed_fused_adamw_under_torchrun_follows_the_torch_adamw_run(zero_run: Callable[[int], Path],
+                                                                         tmp_path: Path) -> None:
+    # DeepSpeed's own optimizer (built from the DeepSpeed config: FusedAdam in AdamW mode, its C++ op
+    # compiled on first use) must do what torch.optim.AdamW does, decoupled weight decay included.
+    run_dir = tmp_path / "fused"
+    run(2, [f"run_dir={run_dir}", "zero_stage=1", *TINY_RUN, "precision=fp32", "optim.optimizer=deepspeed_adamw"],
+        launcher="torchrun")
+    assert "FusedAdam" in (run_dir.with_name("fused.log")).read_text()
+    torch_run, fused = losses(zero_run(1)), losses(run_dir)
+    assert fused.keys() == torch_run.keys()
+    assert all(math.isclose(torch_run[s], fused[s], rel_tol=1e-4) for s in fused), (torch_run, fused)
+
+
 def test_kill_during_save_keeps_previous_latest_and_resume_reproduces_losses(
         zero_run: Callable[[int], Path], tmp_path: Path) -> None:
     reference = losses(zero_run(1))  # uninterrupted, same settings
