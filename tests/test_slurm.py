@@ -121,7 +121,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm: SlurmCluster, tmp
 def test_job_requeued_by_slurm_resumes_from_its_last_periodic_checkpoint(
         slurm: SlurmCluster, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    max_steps, every = 100, 10
+    max_steps, every = 200, 10  # the requeue lands long before the end
     job_id = submit_higgs(slurm, run_dir, f"max_steps={max_steps} checkpoint_every={every}")
     deadline = time.monotonic() + JOB_TIMEOUT
     while find_checkpoint("auto", run_dir / "checkpoints") is None:
