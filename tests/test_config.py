@@ -134,6 +134,16 @@ def test_pretrain_command_rejects_a_bad_config_before_starting(tmp_path: Path) -
     assert not (tmp_path / "run").exists()  # nothing written for a run that never started
 
 
+@pytest.mark.parametrize("fmt", ["mds", "wds"])
+def test_pretrain_command_names_missing_shards_without_a_traceback(tmp_path: Path, fmt: str) -> None:
+    missing = tmp_path / "not_prepared" / "train"
+    proc = _pretrain(f"data.format={fmt}", f"data.train_url={missing}", f"data.eval_url={missing}",
+                     f"run_dir={tmp_path / 'run'}", "wandb_mode=disabled")
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert f"data error (rank 0): {missing}/" in proc.stderr and "not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is only refused on a CPU-only machine")
 def test_fp16_on_cpu_is_refused_naming_precision(tmp_path: Path) -> None:
     proc = _pretrain("precision=fp16", f"run_dir={tmp_path / 'run'}", "wandb_mode=disabled")

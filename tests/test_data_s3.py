@@ -49,3 +49,10 @@ def test_corrupted_mds_shard_on_s3_fails_its_hash_check_naming_the_shard(s3, tmp
     fs.pipe(path, bytes(data))
     with pytest.raises(InputError, match=r"part-00000/shard.00000.mds \(sha1 mismatch\)"):
         read_back(s3.url("mds", "train"), "mds", 64, cache_dir=str(tmp_path / "cache"), validate_hash="true")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_bucket_path_without_shards_is_named_in_the_error(s3, tmp_path, fmt):
+    index = "index.json" if fmt == "mds" else "shards.json"
+    with pytest.raises(InputError, match=f"{s3.url('nothing', 'train', index)} not found"):
+        read_back(s3.url("nothing", "train"), fmt, 64, cache_dir=str(tmp_path / "cache"))

@@ -3,7 +3,8 @@
     deepspeed --num_gpus 1 train/pretrain.py --config configs/default.yaml [key=value ...]
     torchrun --nproc_per_node 2 train/pretrain.py --config configs/tiny_text.yaml zero_stage=2
 
-Exit codes: 0 done, 124 preempted by SIGUSR1/SIGTERM after saving a checkpoint (requeue), 2 bad config.
+Exit codes: 0 done, 124 preempted by SIGUSR1/SIGTERM after saving a checkpoint (requeue), 2 bad config,
+3 data that cannot be read (the message names the file or shard).
 """
 
 import sys

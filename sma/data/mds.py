@@ -22,7 +22,7 @@ from sma.config import TrainConfig
 from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
 from sma.data.epochs import private_generator
 from sma.data.shm import release_stale_shared_memory
-from sma.data.storage import is_local, local_path, use_endpoint
+from sma.data.storage import filesystem, is_local, join, local_path, use_endpoint
 from sma.data.streaming_import import import_streaming
 from sma.inputs import Batch, InputError
 
@@ -146,13 +146,11 @@ def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
     set_local_world_size()
     check_world(rank, world_size)
     use_endpoint(data.endpoint_url)
-    if is_local(url):
-        remote, local = None, local_path(url)
-        if not os.path.exists(os.path.join(local, "index.json")):
-            raise InputError(f"{url}/index.json not found: not an MDS folder, or its data_prep run has not "
-                             "finished (the index is written last)")
-    else:
-        remote, local = url, cache_folder(cfg, url)
+    fs, root = filesystem(url, data.endpoint_url)
+    if not fs.exists(join(root, "index.json")):
+        raise InputError(f"{join(url, 'index.json')} not found: not an MDS folder, or its data_prep run has not "
+                         "finished (the index is written last)")
+    remote, local = (None, local_path(url)) if is_local(url) else (url, cache_folder(cfg, url))
     release_stale_registrations(local)
     dataset = streaming.StreamingDataset(
         remote=remote, local=local, shuffle=train and data.shuffle, shuffle_seed=cfg.seed,

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from sma.config import ConfigError, load_config
+from sma.inputs import InputError
 from sma.train.env import init_distributed, prepare_environment, shutdown
 
 log = logging.getLogger("sma.train")
@@ -24,7 +25,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Returns 0 when training completes, 124 when preempted (checkpoint saved), 2 on a bad config."""
+    """Returns 0 when training completes, 124 when preempted (checkpoint saved), 2 on a bad config, 3 when
+    the data cannot be read (missing or unfinished shards, a damaged shard, a sample the model cannot take)."""
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -42,5 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:  # settings that only fail once the world size is known
         print(f"config error: {e}", file=sys.stderr)
         code = 2
+    except InputError as e:  # names the file, shard or sample; a traceback would only bury that
+        print(f"data error (rank {env.rank}): {e}", file=sys.stderr)
+        code = 3
     shutdown()
     return code
