@@ -1,7 +1,7 @@
 """guacamol SMILES (``.smiles``, one molecule per line) -> byte-id windows in MDS or tar shards.
 
-Molecules are encoded ``SMILES + [SEP]`` and concatenated into windows of --window ids (ALGORITHM.md
-section 7); a molecule that does not fit the current window starts the next one. The split comes from
+Molecules are encoded ``SMILES + [SEP]`` and concatenated into windows of --window ids (the SMA
+paper); a molecule that does not fit the current window starts the next one. The split comes from
 the file name (``guacamol_v1_train.smiles`` -> train; valid, test likewise), else --split.
 
     python -m data_prep.smiles --src guacamol_v1_*.smiles --dst s3://bucket/guacamol --window 256

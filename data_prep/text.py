@@ -30,6 +30,9 @@ from sma.data.storage import open_url
 PROG = "data_prep.text"
 
 
+INPUT_FORMATS = ("mediawiki", "parquet", "jsonl", "plain")
+
+
 def source_kind(url: str) -> str:
     name = url.lower().rsplit("/", 1)[-1]
     for suffix in (".bz2", ".gz", ".xz"):
@@ -85,12 +88,12 @@ def wikitext_to_plain(text: str) -> str:
 class TextCorpus(WindowCorpus):
     name = "text"
 
-    def __init__(self, window: int, text_column: str = "text"):
+    def __init__(self, window: int, text_column: str = "text", input_format: str = "auto"):
         super().__init__(window)
-        self.text_column = text_column
+        self.text_column, self.input_format = text_column, input_format
 
     def records(self, part: Part, endpoint_url: str) -> Iterator[tuple[str, Any]]:
-        kind = source_kind(part.source)
+        kind = source_kind(part.source) if self.input_format == "auto" else self.input_format
         if kind == "mediawiki":
             return ((loc, ("mediawiki", r)) for loc, r in mediawiki_pages(part.source, endpoint_url))
         if kind == "parquet":
@@ -127,8 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap = parser(PROG, __doc__, window=1024)
     ap.add_argument("--split", default="train", help="split these sources are written to (default train)")
     ap.add_argument("--text-column", default="text", help="parquet/JSON field holding the text")
+    ap.add_argument("--input-format", default="auto", choices=("auto", *INPUT_FORMATS),
+                    help="how to read every --src: auto (default) goes by the file name (.xml[.bz2] MediaWiki "
+                         "dump, .parquet, .jsonl/.json JSON lines, anything else plain text); wikiextractor's "
+                         "--json output (wiki_00, ...) has no suffix: give jsonl")
     args = ap.parse_args(argv)
-    corpus = TextCorpus(args.window, args.text_column)
+    corpus = TextCorpus(args.window, args.text_column, args.input_format)
     parts = parts_by_split([(s, args.split) for s in sources(args)])
     return execute(corpus, parts, args, argv, PROG)
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from sma.config import MaskingConfig, ModelConfig, load_config
 from sma.model import build_pretrain_model, count_parameters
 
-# The paper's sizes (ALGORITHM.md sections 3 and 7).
+# The sizes of the SMA paper (Xie et al., ICLR 2024).
 PAPER_SIZES: dict[str, ModelConfig] = {
     "text / protein (Perceiver, 256 x 1024, 16 layers)": ModelConfig(
         modality="bytes", encoder="perceiver", max_len=1024, d_embed=512, num_latents=256, d_latent=1024,

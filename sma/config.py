@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Embedding, encoder and decoder sizes (ALGORITHM.md sections 2, 3, 5)."""
+    """Embedding, encoder and decoder sizes (the SMA paper)."""
 
     modality: str = "bytes"  # bytes | continuous
     d_raw: int = 1  # continuous only: raw values per token
@@ -48,7 +48,7 @@ class ModelConfig:
 
 @dataclass
 class MaskingConfig:
-    """Mask selection (ALGORITHM.md section 4)."""
+    """Mask selection (the SMA paper)."""
 
     mode: str = "guided"  # guided | random | span | word
     ratio: float = 0.15
@@ -69,7 +69,7 @@ class DataConfig:
     eval_url: str = ""
     builtin: str = "text"  # builtin corpus: text | protein | higgs | smiles
     cache_dir: str = ""  # local cache for streamed shards (default: <run_dir>/cache)
-    micro_batch_size: int = 8  # per rank
+    micro_batch_size: int = 8  # per rank; with optim.global_batch_size set, the largest allowed
     num_workers: int = 0
     shuffle: bool = True
     shuffle_buffer: int = 1000  # wds only
@@ -89,7 +89,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0: no clipping
     grad_accum: int = 1  # micro-batches per optimizer step (ignored when global_batch_size is set)
-    global_batch_size: int = 0  # samples per optimizer step over all ranks; 0: micro * accum * world
+    global_batch_size: int = 0  # samples per optimizer step over all ranks (any world size dividing it);
+    #                             0: micro * accum * world
     optimizer: str = "torch_adamw"  # torch_adamw (no C++ build) | deepspeed_adamw (fused kernel)
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer states and step on the CPU (ZeRO 1-3)
 

@@ -1,4 +1,4 @@
-"""Domain-agnostic inputs (ALGORITHM.md section 1): UTF-8 bytes for discrete data, float arrays for
+"""Domain-agnostic inputs (the SMA paper): UTF-8 bytes for discrete data, float arrays for
 continuous data. This is the only modality-aware code in the library, and it only flattens and pads.
 
 Discrete ids: ``PAD=0, BOS=1, EOS=2, MASK=3, CLS=4, SEP=5``, byte ``b`` -> ``b + 6``; vocabulary 262.

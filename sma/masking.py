@@ -1,11 +1,11 @@
-"""Mask selection (ALGORITHM.md section 4): self-guided masking from the first layer's attention,
+"""Mask selection (the SMA paper): self-guided masking from the first layer's attention,
 the random -> guided curriculum, and the random / span / word baselines.
 
 Conventions: ``valid`` is ``(B, n)`` bool (True = real token); returned masks are ``(B, n)`` bool with
 True = masked. Nothing here is differentiable: selection runs under ``torch.no_grad``.
 
 Randomness is drawn per *position identity* (``ids``, default ``0..n-1``) rather than per index, so a
-model whose inputs and per-position parameters are permuted together (ALGORITHM.md section 1) draws
+model whose inputs and per-position parameters are permuted together (the SMA paper) draws
 exactly the same random numbers for the same tokens.
 """
 
@@ -155,7 +155,7 @@ def self_guided_mask(
     ids: torch.Tensor | None = None,
     return_chosen: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Choose the mask from first-layer attention (ALGORITHM.md section 4, steps 1-6).
+    """Choose the mask from first-layer attention (the SMA paper).
 
     q: (B, H, Lq, d) first-layer queries (latents, or the tokens' own queries), k: (B, H, n, d)
     first-layer keys, valid: (B, n) bool. Returns mask (B, n) bool, True = masked.

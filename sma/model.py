@@ -1,5 +1,5 @@
 """The SMA model: embeddings, the two encoders, the masked-position decoder and the fine-tune head
-(ALGORITHM.md sections 2-6). Nothing here knows about parallelism, checkpoints or data files.
+(the SMA paper). Nothing here knows about parallelism, checkpoints or data files.
 
 Reading order: ``InputEmbedding`` -> ``compact`` -> ``PerceiverEncoder`` / ``TransformerEncoder`` ->
 ``Readout`` -> ``SMAPretrainModel`` -> ``SMAFinetuneModel``.
@@ -34,7 +34,7 @@ class Selector:
 
 
 def init_weights(module: nn.Module) -> None:
-    """Linear and embedding weights N(0, 0.02), zero biases (ALGORITHM.md section 2)."""
+    """Linear and embedding weights N(0, 0.02), zero biases (the SMA paper)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
@@ -184,7 +184,7 @@ class TransformerEncoder(nn.Module):
 
 class Readout(nn.Module):
     """Queries cross-attend once to the encoder states (pre-LN block), then LayerNorm and a linear map.
-    Serves as the reconstruction decoder and the fine-tune head (ALGORITHM.md sections 5-6)."""
+    Serves as the reconstruction decoder and the fine-tune head (the SMA paper)."""
 
     def __init__(self, d_query: int, d_states: int, heads: int, mlp_ratio: float, out_dim: int,
                  dropout: float = 0.0) -> None:
@@ -355,7 +355,7 @@ TASKS = ("classification", "binary", "regression")
 
 class SMAFinetuneModel(nn.Module):
     """Encoder without masking, one learned query cross-attending to its final states, MLP, LN, linear
-    (ALGORITHM.md section 6)."""
+    (the SMA paper)."""
 
     def __init__(self, cfg: ModelConfig, num_outputs: int, task: str = "classification") -> None:
         super().__init__()

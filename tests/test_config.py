@@ -1,17 +1,18 @@
-"""The config schema: shipped configs load, paper recipes match ALGORITHM.md section 7, and bad settings
+"""The config schema: shipped configs load, paper recipes are the SMA paper's, and bad settings
 fail at load time with a message naming the key."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from sma.config import ConfigError, config_from_dict, load_config, to_dict
-from sma.train.optim import grad_accum_steps
+from sma.train.optim import batch_plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = CONFIGS / "tiny_text.yaml"
@@ -105,11 +106,29 @@ def test_extends_layers_files_and_rejects_cycles(tmp_path: Path) -> None:
         load_config(tmp_path / "a.yaml")
 
 
-def test_global_batch_size_sets_accumulation_per_world_size() -> None:
+def test_global_batch_size_is_kept_on_any_world_size_that_divides_it() -> None:
     cfg = load_config(TINY, ["optim.global_batch_size=64", "data.micro_batch_size=8"])
-    assert [grad_accum_steps(cfg, w) for w in (1, 2, 4, 8)] == [8, 4, 2, 1]
-    with pytest.raises(ConfigError, match="optim.global_batch_size"):
-        grad_accum_steps(cfg, 3)
+    assert [batch_plan(cfg, w) for w in (1, 2, 4, 8, 16, 64)] == [(8, 8), (8, 4), (8, 2), (8, 1), (4, 1), (1, 1)]
+    odd = load_config(TINY, ["optim.global_batch_size=48", "data.micro_batch_size=10"])
+    assert batch_plan(odd, 1) == (8, 6) and batch_plan(odd, 2) == (8, 3) and batch_plan(odd, 3) == (8, 2)
+    for world in range(1, 49):
+        if 48 % world == 0:
+            micro, accum = batch_plan(odd, world)
+            assert micro <= 10 and micro * accum * world == 48
+    with pytest.raises(ConfigError, match="optim.global_batch_size: 64 samples cannot be split evenly over 3"):
+        batch_plan(cfg, 3)
+    plain = load_config(TINY, ["data.micro_batch_size=8", "optim.grad_accum=3"])
+    assert batch_plan(plain, 5) == (8, 3)
+
+
+@pytest.mark.parametrize("script", ["text.sh", "protein.sh", "higgs.sh"])
+def test_each_slurm_script_allocation_fits_its_recipe_and_8x_more_nodes_too(script: str) -> None:
+    body = (CONFIGS.parent / "slurm" / script).read_text()
+    nodes, gpus = (int(re.search(rf"#SBATCH --{key}=(\d+)", body)[1]) for key in ("nodes", "gpus-per-node"))
+    cfg = load_config(CONFIGS.parent / re.search(r"SMA_CONFIG:-(\S+)}", body)[1])
+    for ranks in (nodes * gpus, 8 * nodes * gpus, 1):
+        micro, accum = batch_plan(cfg, ranks)
+        assert micro * accum * ranks == cfg.optim.global_batch_size and micro <= cfg.data.micro_batch_size
 
 
 def test_config_round_trips_through_a_plain_dict() -> None:
@@ -132,6 +151,17 @@ def test_pretrain_command_rejects_a_bad_config_before_starting(tmp_path: Path) -
     assert proc.returncode == 2
     assert "masking.ratio" in proc.stderr and "(0, 1)" in proc.stderr
     assert not (tmp_path / "run").exists()  # nothing written for a run that never started
+
+
+def test_pretrain_command_will_not_start_over_a_finished_run(tmp_path: Path) -> None:
+    args = (f"run_dir={tmp_path / 'run'}", "max_steps=2", "eval_every=0", "wandb_mode=disabled")
+    first = _pretrain(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = _pretrain(*args)
+    assert again.returncode == 2 and "pass resume=auto to continue" in again.stderr, again.stderr[-3000:]
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # nothing of the first run touched
+    assert _pretrain(*args, "resume=auto").returncode == 0  # already at max_steps: nothing to do
 
 
 @pytest.mark.parametrize("fmt", ["mds", "wds"])

@@ -1,4 +1,4 @@
-"""Byte codec and continuous inputs (ALGORITHM.md section 1) with clear errors for bad input."""
+"""Byte codec and continuous inputs (the SMA paper) with clear errors for bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mask selection follows ALGORITHM.md section 4, batched, and equals the reference formulation."""
+"""Mask selection follows the SMA paper, batched, and equals the reference formulation."""
 
 from __future__ import annotations
 

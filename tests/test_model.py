@@ -1,5 +1,5 @@
 """The fast model (compaction, fused SDPA, masked-only decoding) equals the reference formulation, and
-training is equivalent under a fixed permutation of the token order (ALGORITHM.md sections 1-6)."""
+training is equivalent under a fixed permutation of the token order (the SMA paper)."""
 
 from __future__ import annotations
 

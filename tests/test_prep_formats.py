@@ -203,6 +203,23 @@ def test_text_wikipedia_xml_parquet_jsonl_and_books_round_trip(tmp_path, fmt):
     assert not any("[[" in g or "{{" in g or "REDIRECT" in g or "talk page" in g for g in got)
 
 
+def test_wikiextractor_json_output_without_a_suffix_is_read_as_json_lines(tmp_path):
+    from data_prep import text
+
+    docs = [f"Article {i}. " + "Some prose. " * (i % 5) for i in range(9)]
+    out = tmp_path / "extracted" / "AA"
+    out.mkdir(parents=True)
+    for n, chunk in enumerate((docs[:5], docs[5:])):  # what `wikiextractor --json` writes: wiki_00, wiki_01
+        (out / f"wiki_{n:02d}").write_text("".join(
+            json.dumps({"id": str(i), "url": f"https://en.wikipedia.org/wiki?curid={i}", "title": f"T{i}",
+                        "text": d}) + "\n" for i, d in enumerate(chunk)))
+    common = ["--src", str(tmp_path / "extracted" / "*" / "wiki_*"), "--format", "wds", "--window", "64", "--quiet"]
+    text.main([*common, "--dst", str(tmp_path / "json"), "--input-format", "jsonl"])
+    assert read_back(f"{tmp_path}/json/train", "wds", 64) == windows_text(docs[:5], 64) + windows_text(docs[5:], 64)
+    text.main([*common, "--dst", str(tmp_path / "auto")])  # by name alone it is plain text: JSON kept as text
+    assert read_back(f"{tmp_path}/auto/train", "wds", 64)[0].startswith('{"id": "0"')
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_higgs_csv_split_and_train_statistics_round_trip(tmp_path, fmt):
     from data_prep import higgs

@@ -30,6 +30,14 @@ def test_auto_resume_is_none_on_a_fresh_run(tmp_path: Path) -> None:
     assert find_checkpoint("", tmp_path) is None
 
 
+def test_a_fresh_start_is_refused_where_a_run_left_a_checkpoint(tmp_path: Path) -> None:
+    _tag(tmp_path, 8, False)
+    assert find_checkpoint("", tmp_path) is None  # an unfinished save is no run to protect
+    _tag(tmp_path, 16, True)
+    with pytest.raises(ConfigError, match=r"already holds a checkpoint \(step00000016\); pass resume=auto"):
+        find_checkpoint("", tmp_path)
+
+
 def test_auto_resume_follows_latest_and_skips_an_unfinished_save(tmp_path: Path) -> None:
     first, second = _tag(tmp_path, 8, True), _tag(tmp_path, 16, True)
     (tmp_path / LATEST).write_text(first.name)

@@ -1,6 +1,6 @@
 """Small corpora that need no download, for the demo and tiny configs (smoke runs, not research).
 
-- ``text``: documentation strings of the Python standard library (455 documents, 0.48 MB, PSF
+- ``text``: documentation strings of the Python standard library (424 documents, 0.44 MB, PSF
   license), shipped as ``builtin/python_docs.jsonl.gz`` (regenerate: ``python -m data_prep.builtin_text``),
   packed into byte windows like any text corpus.
 - ``smiles``: the first 4,999 molecules of the NCI open database (public domain), as shipped in

@@ -72,9 +72,14 @@ def complete_tags(root: Path) -> list[Path]:
 
 
 def find_checkpoint(resume: str, root: Path) -> Path | None:
-    """The tag directory to resume from. ``resume``: "" (none), "auto" (newest complete one under
+    """The tag directory to resume from. ``resume``: "" (none; refused if ``root`` holds one), "auto" (newest complete one under
     ``root``, or None on a fresh run), or a path to a checkpoints folder or to one tag folder."""
     if not resume:
+        existing = complete_tags(root)
+        if existing:  # starting over would overwrite its metrics and, in time, its checkpoints
+            raise ConfigError(
+                f"resume: {root} already holds a checkpoint ({existing[-1].name}); pass resume=auto to continue "
+                f"that run, or a new run_dir (or delete that one) to start over")
         return None
     if resume == "auto":
         latest = root / LATEST

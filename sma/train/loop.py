@@ -18,7 +18,7 @@ from sma.train.checkpointing import CheckpointManager, find_checkpoint
 from sma.train.env import DistEnv
 from sma.train.memory import model_state_mb, peak_memory_mb
 from sma.train.metrics import MetricsLogger
-from sma.train.optim import client_optimizer, deepspeed_config, param_groups, scheduler_factory
+from sma.train.optim import batch_plan, client_optimizer, deepspeed_config, param_groups, scheduler_factory
 from sma.train.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag
 from sma.train.rng import rng_state, seed_everything, set_rng_state
 
@@ -92,6 +92,13 @@ class Pretrainer:
         if universal:
             resume_from = self.ckpt.to_universal(resume_from)
 
+        micro, _ = batch_plan(cfg, env.world_size)
+        if micro != cfg.data.micro_batch_size:  # the global batch on this world size needs smaller ones
+            if env.is_main:
+                log.info("optim.global_batch_size %d on %d rank(s): micro-batches of %d (data.micro_batch_size "
+                         "%d is the upper bound)", cfg.optim.global_batch_size, env.world_size, micro,
+                         cfg.data.micro_batch_size)
+            cfg.data.micro_batch_size = micro
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = build_pretrain_model(cfg.model, cfg.masking)
         groups = param_groups(model, cfg.optim.weight_decay)

@@ -15,18 +15,24 @@ from sma.train.schedule import warmup_cosine
 _NEVER = 1 << 30
 
 
-def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
-    """Micro-batches per optimizer step. With ``optim.global_batch_size`` set, the global batch stays the
-    same on any number of ranks, so a run resumed on another world size keeps its recipe."""
-    if cfg.optim.global_batch_size == 0:
-        return cfg.optim.grad_accum
-    per_step = cfg.data.micro_batch_size * world_size
-    if cfg.optim.global_batch_size % per_step:
-        raise ConfigError(
-            f"optim.global_batch_size: {cfg.optim.global_batch_size} is not a multiple of "
-            f"data.micro_batch_size * world_size = {cfg.data.micro_batch_size} * {world_size}"
-        )
-    return cfg.optim.global_batch_size // per_step
+def batch_plan(cfg: TrainConfig, world_size: int) -> tuple[int, int]:
+    """``(micro_batch_size, grad_accum)`` per rank for ``world_size`` ranks.
+
+    Without ``optim.global_batch_size`` both come from the config. With it, the global batch is the
+    recipe and stays the same on any number of ranks (a run resumed on another world size keeps it):
+    each rank takes ``global / world_size`` samples per step, in the fewest equal micro-batches no larger
+    than ``data.micro_batch_size`` (the memory bound). So 256 on 8 ranks with micro-batches of at most 32
+    is 1 x 32 per rank, and on 32 ranks 1 x 8.
+    """
+    micro, world_batch = cfg.data.micro_batch_size, cfg.optim.global_batch_size
+    if world_batch == 0:
+        return micro, cfg.optim.grad_accum
+    if world_batch % world_size:
+        raise ConfigError(f"optim.global_batch_size: {world_batch} samples cannot be split evenly over "
+                          f"{world_size} ranks; use a multiple of the world size")
+    per_rank = world_batch // world_size
+    accum = next(a for a in range(-(-per_rank // micro), per_rank + 1) if per_rank % a == 0)
+    return per_rank // accum, accum
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int, *, load_universal: bool = False) -> dict[str, Any]:
@@ -36,14 +42,14 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, *, load_universal: bool 
     under ZeRO-Offload); otherwise the client ``torch.optim.AdamW`` from ``client_optimizer`` is used.
     ``load_universal`` loads a universal checkpoint (a resume on a different world size).
     """
-    accum = grad_accum_steps(cfg, world_size)
+    micro, accum = batch_plan(cfg, world_size)
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.optim.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     ds: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": cfg.data.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accum,
-        "train_batch_size": cfg.data.micro_batch_size * accum * world_size,
+        "train_batch_size": micro * accum * world_size,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.precision == "bf16"},

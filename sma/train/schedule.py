@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to ``min_lr_ratio`` (ALGORITHM.md section 7).
+"""Learning-rate schedule: linear warmup, then cosine decay to ``min_lr_ratio`` (the SMA paper).
 
 Written as a plain function under ``torch.optim.lr_scheduler.LambdaLR`` rather than DeepSpeed's
 ``WarmupCosineLR`` because that one forbids ``warmup_steps = 0`` and spends its first step at lr 0.
