@@ -71,9 +71,11 @@ class _Loader:
 
 def test_reader_position_keeps_its_share_of_the_epoch_on_another_world_size() -> None:
     state = {"reader": "builtin:text:train", "epoch": 3, "batch": 5}
-    assert rescale_data_state(state, 2, 1, _Loader()) == {**state, "batch": 10}
-    assert rescale_data_state(state, 1, 2, _Loader())["batch"] == 2
-    assert rescale_data_state({**state, "batch": 7}, 2, 1, _Loader())["batch"] == 12  # clamped to the epoch
+    assert rescale_data_state(state, 2 * 8, 1 * 8, _Loader()) == {**state, "batch": 10}
+    assert rescale_data_state(state, 1 * 8, 2 * 8, _Loader())["batch"] == 2
+    assert rescale_data_state({**state, "batch": 7}, 2 * 8, 1 * 8, _Loader())["batch"] == 12  # clamped to the epoch
+    # a global batch of 64 saved on 16 ranks x 4, resumed on 8 ranks x 8: 5 steps are still 5 steps
+    assert rescale_data_state(state, 16 * 4, 8 * 8, _Loader())["batch"] == 5
     streaming = {"epoch": 1, "sample_in_epoch": 4096}  # global positions pass unchanged
     assert rescale_data_state(streaming, 2, 1, _Loader()) == streaming
 

@@ -143,8 +143,9 @@ def _worker(job_pid: int, local_rank: int) -> psutil.Process:
 def test_preempted_two_rank_run_saves_and_resumes_on_one_rank(tmp_path: Path) -> None:
     run_dir = tmp_path / "preempt"
     total = 160  # the signal lands near step 15: many seconds before the end, even on a busy machine
+    # The global batch (16) is the recipe: 1 micro-batch of 8 on each of 2 ranks, then 2 of 8 on one rank.
     args = [f"run_dir={run_dir}", "zero_stage=2", f"max_steps={total}", "checkpoint_every=0", "log_every=1",
-            "wandb_mode=disabled", "optim.warmup_steps=5"]
+            "optim.global_batch_size=16", "wandb_mode=disabled", "optim.warmup_steps=5"]
     job = start(2, args)
     deadline = time.monotonic() + 240
     metrics = run_dir / "metrics.jsonl"
@@ -157,8 +158,11 @@ def test_preempted_two_rank_run_saves_and_resumes_on_one_rank(tmp_path: Path) ->
     stopped = before[-1]["step"]
     assert stopped < total
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step{stopped:08d}"
+    assert "2 rank(s), ZeRO stage 2, fp32, optimizer AdamW" in job.output()
+    assert "1 micro-batch(es) of 8 per rank" in job.output()
 
-    run(1, [*args, "resume=auto"])
+    resumed_job = run(1, [*args, "resume=auto"])
+    assert "2 micro-batch(es) of 8 per rank" in resumed_job.output()
     after = read_metrics(run_dir)
     assert [r["step"] for r in after] == list(range(1, total + 1))
     resumed = after[stopped]

@@ -29,8 +29,9 @@ _RANK_SEED_STRIDE = 1_000_003
 _EVAL_SEED_OFFSET = 7_777_777
 
 
-def rescale_data_state(state: dict[str, Any], saved_world: int, world: int, loader: Any) -> dict[str, Any]:
-    """A reader position saved on ``saved_world`` ranks, for ``world`` ranks.
+def rescale_data_state(state: dict[str, Any], saved_stride: int, stride: int, loader: Any) -> dict[str, Any]:
+    """A reader position saved when one batch on every rank took ``saved_stride`` samples (world size x
+    micro-batch size), for a run where it takes ``stride``.
 
     Epoch-based readers count batches per rank (``{"epoch", "batch"}``); the run keeps its epoch and
     the same share of it, so no epoch is lost or repeated (which samples of the current epoch come next
@@ -38,7 +39,7 @@ def rescale_data_state(state: dict[str, Any], saved_world: int, world: int, load
     """
     if "batch" not in state:
         return state
-    batch = state["batch"] * saved_world // world
+    batch = state["batch"] * saved_stride // stride
     limit = getattr(loader, "batches_per_epoch", batch)
     return {**state, "batch": min(batch, limit)}
 
@@ -129,19 +130,22 @@ class Pretrainer:
     def _restore(self, tag_dir: Path) -> None:
         state = self.ckpt.load(self.engine, tag_dir)
         self.step = int(state["step"])
-        if state["world_size"] == self.env.world_size:
+        micro = self.cfg.data.micro_batch_size
+        saved_micro = int(state.get("micro_batch_size", micro))
+        if (state["world_size"], saved_micro) == (self.env.world_size, micro):
             set_rng_state(state["rng"])
             self.loader.load_state_dict(state["data"])
         else:
-            # Other ranks, other streams: reseed per rank and step so the run stays reproducible.
+            # Other ranks or batches, other streams: reseed per rank and step so the run stays reproducible.
             seed_everything(self.cfg.seed + _RANK_SEED_STRIDE * (self.env.rank + 1) + self.step)
-            self.loader.load_state_dict(rescale_data_state(state["data"], state["world_size"],
-                                                           self.env.world_size, self.loader))
+            self.loader.load_state_dict(rescale_data_state(state["data"], state["world_size"] * saved_micro,
+                                                           self.env.world_size * micro, self.loader))
         log.info("rank %d resumed from %s at step %d", self.env.rank, tag_dir, self.step)
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "rng": rng_state(), "data": self.loader.state_dict(),
-                "rank": self.env.rank, "world_size": self.env.world_size}
+                "rank": self.env.rank, "world_size": self.env.world_size,
+                "micro_batch_size": self.cfg.data.micro_batch_size}
 
     def _save(self) -> None:
         path = self.ckpt.save(self.engine, self.step, self._trainer_state(), to_yaml(self.cfg))
