@@ -41,12 +41,17 @@ def reader(tmp_path: Path, url: str) -> list[str]:
     return [sys.executable, str(script), url, str(tmp_path / "cache")]
 
 
-def start_waiting_reader(args: list[str]) -> tuple[subprocess.Popen, list[str]]:
-    """A reader in a process group of its own, holding its dataset; and the segments it registered."""
+def start_waiting_reader(args: list[str], folder: Path) -> tuple[subprocess.Popen, list[str]]:
+    """A reader in a process group of its own, holding its dataset; and the segments it registered
+    (those under the prefix whose ``locals`` names ``folder``: other processes may add their own)."""
     before = set(os.listdir("/dev/shm"))
     proc = subprocess.Popen([*args, "wait"], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout.readline().startswith("READ 2")
-    return proc, sorted(set(os.listdir("/dev/shm")) - before)
+    new = set(os.listdir("/dev/shm")) - before
+    prefixes = {n.split("_")[0] for n in new if n.endswith("_locals")
+                and str(folder).encode() in Path(f"/dev/shm/{n}").read_bytes()}
+    assert len(prefixes) == 1, (new, prefixes)
+    return proc, sorted(n for n in new if n.split("_")[0] in prefixes)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -59,7 +64,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 def test_a_killed_s3_run_restarting_on_its_cache_releases_what_it_left(s3, tmp_path):
     write_mds(tmp_path, s3.url("mds"))
     args = reader(tmp_path, s3.url("mds", "train"))
-    proc, left = start_waiting_reader(args)
+    proc, left = start_waiting_reader(args, tmp_path / "cache")
     kill_group(proc)
     assert any(name.endswith("_locals") for name in left), left
     assert all(os.path.exists(f"/dev/shm/{name}") for name in left)
@@ -73,7 +78,7 @@ def test_a_killed_s3_run_restarting_on_its_cache_releases_what_it_left(s3, tmp_p
 def test_only_registrations_of_dead_runs_on_our_folder_are_stale(tmp_path):
     folder = tmp_path / "mds" / "train"
     write_mds(tmp_path, str(tmp_path / "mds"))
-    proc, left = start_waiting_reader(reader(tmp_path, str(folder)))
+    proc, left = start_waiting_reader(reader(tmp_path, str(folder)), folder)
     prefix = next(name for name in left if name.endswith("_locals")).split("_")[0]
     try:
         assert stale_prefixes([str(folder)]) == []  # alive: another job may read the same folder

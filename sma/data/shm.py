@@ -47,14 +47,15 @@ def mapped_segments() -> set[str]:
     return names
 
 
-def stale_prefixes(local_dirs: Collection[str]) -> list[str]:
-    """Prefixes registered for one of ``local_dirs`` whose segments no live process maps."""
+def stale_prefixes(local_dirs: Collection[str] | None) -> list[str]:
+    """Prefixes registered for one of ``local_dirs`` (None: for any folder) whose segments no live
+    process maps."""
     if not os.path.isdir(SHM_DIR) or not os.path.isdir("/proc"):
         return []
     import_streaming()
     from streaming.base.shared.prefix import _unpack_locals  # the format of the "locals" segment
 
-    wanted = {os.path.abspath(d) for d in local_dirs}
+    wanted = None if local_dirs is None else {os.path.abspath(d) for d in local_dirs}
     by_prefix: dict[str, list[str]] = {}
     for name in os.listdir(SHM_DIR):
         if (m := _SEGMENT.fullmatch(name)):
@@ -66,7 +67,7 @@ def stale_prefixes(local_dirs: Collection[str]) -> list[str]:
                 their_locals, _ = _unpack_locals(f.read())
         except (OSError, ValueError, UnicodeDecodeError, IndexError):
             continue  # no readable registration: not ours to judge
-        if wanted & {os.path.abspath(d) for d in their_locals}:
+        if wanted is None or wanted & {os.path.abspath(d) for d in their_locals}:
             candidates.append(prefix)
     if not candidates:
         return []
@@ -74,7 +75,7 @@ def stale_prefixes(local_dirs: Collection[str]) -> list[str]:
     return sorted(p for p in candidates if not any(n in in_use for n in by_prefix[p]))
 
 
-def release_stale_shared_memory(local_dirs: Collection[str]) -> list[str]:
+def release_stale_shared_memory(local_dirs: Collection[str] | None) -> list[str]:
     """Remove the segments and lock files of :func:`stale_prefixes`; return the prefixes removed.
 
     Call it on one process per machine (the local leader) before its dataset exists, and make the
@@ -95,6 +96,7 @@ def release_stale_shared_memory(local_dirs: Collection[str]) -> list[str]:
                 pass
         removed.append(prefix)
     if removed:
+        where = "any folder" if local_dirs is None else ", ".join(sorted(local_dirs))
         log.warning("released shared memory left by killed streaming run(s) on %s (prefixes %s)",
-                    ", ".join(sorted(local_dirs)), ", ".join(removed))
+                    where, ", ".join(removed))
     return removed
