@@ -86,7 +86,7 @@ def sync(device: str) -> None:
 
 
 def time_steps(model, batch: Batch, loss_fn, device: str, dtype: torch.dtype, steps: int, warmup: int = 2):
-    """Median seconds per training step (forward + backward + AdamW), and mean selection seconds."""
+    """Median seconds per training step (forward + backward + AdamW), and median selection seconds."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times, selection = [], []
     for i in range(warmup + steps):
@@ -102,7 +102,7 @@ def time_steps(model, batch: Batch, loss_fn, device: str, dtype: torch.dtype, st
         if i >= warmup:
             times.append(time.perf_counter() - start)
             selection.append(getattr(out, "selection_seconds", 0.0))
-    return statistics.median(times), statistics.mean(selection)
+    return statistics.median(times), statistics.median(selection)
 
 
 def fast_loss(model, batch):
