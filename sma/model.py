@@ -50,8 +50,14 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def gather_heads(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, n, d), idx: (B, L) -> (B, H, L, d)."""
-    return x.gather(2, idx[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+    """x: (B, H, n, d), idx: (B, L) -> (B, H, L, d).
+
+    Gathered as whole token rows of the (B, n, H*d) layout the projections produce (a free view back
+    from their head split): a 4-D gather strided over heads, and its scatter backward, cost several
+    times more on CPU."""
+    b, h, n, d = x.shape
+    rows = gather_rows(x.transpose(1, 2).reshape(b, n, h * d), idx)
+    return rows.view(b, -1, h, d).transpose(1, 2)
 
 
 def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
