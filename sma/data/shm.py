@@ -5,7 +5,7 @@ A ``StreamingDataset`` registers itself in a set of POSIX shared-memory segments
 folders). A run that exits normally releases them; one killed with its whole process group (Slurm's
 time limit or requeue, the OOM killer, ``kill -9`` of a job) also kills Python's resource tracker, and
 the segments stay until the machine reboots. Every resume of a preempted job on the same node leaks
-another set, the largest of which holds a whole epoch's sample ids.
+another set; with reader workers it includes the epoch's sample ordering (8 bytes a sample).
 
 streaming's own ``clean_stale_shared_memory`` does not fit: it walks prefixes from 0 and stops at the
 first free one, so it misses the prefixes runs actually leave (streaming skips any prefix whose lock
