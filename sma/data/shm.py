@@ -18,6 +18,7 @@ is done.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -47,11 +48,11 @@ def mapped_segments() -> set[str]:
     return names
 
 
-def stale_prefixes(local_dirs: Collection[str] | None) -> list[str]:
-    """Prefixes registered for one of ``local_dirs`` (None: for any folder) whose segments no live
-    process maps."""
+def _stale_segments(local_dirs: Collection[str] | None) -> dict[str, list[str]]:
+    """Segment names per stale prefix: registered for one of ``local_dirs`` (None: for any folder), and
+    mapped by no live process."""
     if not os.path.isdir(SHM_DIR) or not os.path.isdir("/proc"):
-        return []
+        return {}
     import_streaming()
     from streaming.base.shared.prefix import _unpack_locals  # the format of the "locals" segment
 
@@ -60,7 +61,7 @@ def stale_prefixes(local_dirs: Collection[str] | None) -> list[str]:
     for name in os.listdir(SHM_DIR):
         if (m := _SEGMENT.fullmatch(name)):
             by_prefix.setdefault(m[1], []).append(name)
-    candidates = []
+    candidates = {}
     for prefix, names in by_prefix.items():
         try:
             with open(os.path.join(SHM_DIR, f"{prefix}_locals"), "rb") as f:
@@ -68,11 +69,17 @@ def stale_prefixes(local_dirs: Collection[str] | None) -> list[str]:
         except (OSError, ValueError, UnicodeDecodeError, IndexError):
             continue  # no readable registration: not ours to judge
         if wanted is None or wanted & {os.path.abspath(d) for d in their_locals}:
-            candidates.append(prefix)
+            candidates[prefix] = names
     if not candidates:
-        return []
+        return {}
     in_use = mapped_segments()
-    return sorted(p for p in candidates if not any(n in in_use for n in by_prefix[p]))
+    return {p: names for p, names in candidates.items() if not any(n in in_use for n in names)}
+
+
+def stale_prefixes(local_dirs: Collection[str] | None) -> list[str]:
+    """Prefixes registered for one of ``local_dirs`` (None: for any folder) whose segments no live
+    process maps."""
+    return sorted(_stale_segments(local_dirs))
 
 
 def release_stale_shared_memory(local_dirs: Collection[str] | None) -> list[str]:
@@ -81,20 +88,16 @@ def release_stale_shared_memory(local_dirs: Collection[str] | None) -> list[str]
     Call it on one process per machine (the local leader) before its dataset exists, and make the
     other local ranks wait for it: they would otherwise meet the stale registration first.
     """
-    removed = []
-    for prefix in stale_prefixes(local_dirs):
-        for name in os.listdir(SHM_DIR):
-            if name.startswith(prefix + "_"):
-                try:
-                    os.remove(os.path.join(SHM_DIR, name))
-                except FileNotFoundError:
-                    pass
-        for lock in ("barrier_filelock", "cache_filelock"):
-            try:
-                os.remove(os.path.join(tempfile.gettempdir(), f"{prefix}_{lock}"))
-            except FileNotFoundError:
-                pass
-        removed.append(prefix)
+    from streaming.base.shared.prefix import BARRIER_FILELOCK, CACHE_FILELOCK
+
+    stale = _stale_segments(local_dirs)
+    for prefix, names in sorted(stale.items()):
+        paths = [os.path.join(SHM_DIR, n) for n in names]
+        paths += [os.path.join(tempfile.gettempdir(), f"{prefix}_{lock}") for lock in (BARRIER_FILELOCK, CACHE_FILELOCK)]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    removed = sorted(stale)
     if removed:
         where = "any folder" if local_dirs is None else ", ".join(sorted(local_dirs))
         log.warning("released shared memory left by killed streaming run(s) on %s (prefixes %s)",
