@@ -43,7 +43,7 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -72,8 +72,9 @@ def complete_tags(root: Path) -> list[Path]:
 
 
 def find_checkpoint(resume: str, root: Path) -> Path | None:
-    """The tag directory to resume from. ``resume``: "" (none; refused if ``root`` holds one), "auto" (newest complete one under
-    ``root``, or None on a fresh run), or a path to a checkpoints folder or to one tag folder."""
+    """The tag directory to resume from. ``resume``: "" (none; refused if ``root`` holds one), "auto"
+    (newest complete one under ``root``, or None on a fresh run), or a path to a checkpoints folder or to
+    one tag folder."""
     if not resume:
         existing = complete_tags(root)
         if existing:  # starting over would overwrite its metrics and, in time, its checkpoints
@@ -130,8 +131,8 @@ class CheckpointManager:
         if self.env.is_main:
             (tag_dir / "config.yaml").write_text(config_yaml)
             meta = {"step": step, "world_size": self.env.world_size, "zero_stage": engine.zero_optimization_stage()}
-            _atomic_write_text(tag_dir / META, json.dumps(meta))
-            _atomic_write_text(self.root / LATEST, tag)
+            atomic_write_text(tag_dir / META, json.dumps(meta))
+            atomic_write_text(self.root / LATEST, tag)
             self._prune()
         torch.distributed.barrier()
         return tag_dir

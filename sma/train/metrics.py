@@ -12,6 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sma.train.checkpointing import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -45,9 +47,7 @@ class MetricsLogger:
         if not self.path.is_file():
             return
         kept = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     @staticmethod
     def _init_wandb(run_dir: Path, mode: str, project: str, config: dict[str, Any]) -> Any:
