@@ -249,7 +249,7 @@ def _upload(staging: str, names: list[tuple[str, int | None]], part: Part, opts:
 
 def _remove_part(fs, root: str, part: Part) -> None:
     leftovers = fs.glob(join(root, f"{part.name}-*")) + fs.glob(join(root, part.name))
-    leftovers += fs.glob(join(root, f".{part.name}.json.*.tmp"))  # a record whose write was killed
+    leftovers += fs.glob(_temporary(join(root, f"{part.name}.json"), "*"))  # a record whose write was killed
     for path in leftovers:
         fs.rm(path, recursive=True)
 
@@ -432,8 +432,12 @@ def _write_json(fs, path: str, obj: Any) -> None:
     temporary name first and is renamed into place (atomic locally; an object store's PUT of the
     final name is atomic already).
     """
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.{name}.{os.getpid()}.tmp"
-    fs.pipe_file(tmp, data)
+    tmp = _temporary(path, str(os.getpid()))
+    fs.pipe_file(tmp, json.dumps(obj, indent=1, sort_keys=True).encode())
     fs.mv(tmp, path)
+
+
+def _temporary(path: str, tag: str) -> str:
+    """The hidden name ``path`` is written under before it is renamed into place (``tag="*"``: a glob)."""
+    folder, name = path.rsplit("/", 1)
+    return f"{folder}/.{name}.{tag}.tmp"
