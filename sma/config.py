@@ -96,6 +96,44 @@ class OptimConfig:
 
 
 @dataclass
+class TaskConfig:
+    """Fine-tuning data: a benchmark read from the files its publisher distributes, or the user's own
+    labelled file (``name: table``). Used by ``train/finetune.py`` only."""
+
+    name: str = "table"  # a benchmark of sma.finetune.tasks (higgs, bbbp, mnli, ...) or table
+    path: str = ""  # the benchmark's file or folder, or the user's file (local path or fsspec URL)
+    valid_path: str = ""  # table: a separate validation file (split: file)
+    test_path: str = ""  # table: a separate test file (split: file)
+    file_format: str = "auto"  # table: auto (by suffix) | csv | tsv | jsonl | parquet
+    input_column: str = ""  # table: the column read as bytes (text, protein, SMILES)
+    pair_column: str = ""  # table: a second bytes column, encoded as A [SEP] B [SEP]
+    feature_columns: list[str] = field(default_factory=list)  # table: numeric columns as continuous tokens
+    label_columns: list[str] = field(default_factory=list)  # table: one or more label columns
+    kind: str = ""  # table: classification | binary (one or more 0/1 labels) | regression
+    smiles: bool = False  # table: the input column holds SMILES (validated with RDKit; scaffold splits)
+    split: str = ""  # "": the task's default | random | scaffold | scaffold_balanced | column | file
+    split_column: str = ""  # split: column, with values train / valid / test
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # random / scaffold splits
+    split_seed: int = 0  # random and scaffold_balanced splits, label subsets
+    train_labels: int = 0  # HIGGS: a seeded subset of this many labelled training rows (0: all)
+    test_split: str = ""  # which held-out file is the test split (TAPE holdouts, MNLI matched/mismatched)
+    max_rows: int = 0  # read at most this many rows per file (0: all), for quick runs
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune: mode, epochs, selection on the validation split, the lr x seed sweep."""
+
+    mode: str = "full"  # full | linear_probe (frozen encoder, only the head trains)
+    epochs: int = 10
+    patience: int = 0  # stop after this many epochs without a better validation metric (0: never)
+    lrs: list[float] = field(default_factory=list)  # sweep; empty: [optim.lr]
+    seeds: list[int] = field(default_factory=list)  # sweep; empty: [seed]
+    layer_decay: float = 1.0  # layer-wise lr decay (1.0: none); the head gets the full lr
+    eval_batch_size: int = 0  # 0: data.micro_batch_size
+
+
+@dataclass
 class TrainConfig:
     """The whole run: model, masking, data, optimization, and the run keys at the root."""
 
@@ -116,6 +154,10 @@ class TrainConfig:
     log_every: int = 10
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "sma"
+    # Fine-tuning only (train/finetune.py): the starting weights and the task.
+    init: str = ""  # a checkpoints folder, one stepNNNNNNNN folder, an exported .pt, or none (from scratch)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
