@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from rich.console import Console
 from rich.table import Table
 
-from sma.config import MaskingConfig, ModelConfig, load_config
+from sma.config import ConfigError, MaskingConfig, ModelConfig, load_config
 from sma.model import build_pretrain_model, count_parameters
 
 # The sizes of the SMA paper (Xie et al., ICLR 2024).
@@ -43,7 +44,11 @@ def params_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Print parameter counts of the paper's SMA sizes, or of configs.")
     parser.add_argument("configs", nargs="*", help="YAML configs to count instead of the paper's sizes")
     args = parser.parse_args(argv)
-    sizes = {path: load_config(path).model for path in args.configs} if args.configs else PAPER_SIZES
+    try:
+        sizes = {path: load_config(path).model for path in args.configs} if args.configs else PAPER_SIZES
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
     Console().print(parameter_table(sizes))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -269,6 +269,25 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("optim.optimizer: ZeRO stage 3 cannot shard this optimizer")
 
 
+def _read_yaml(path: Path) -> Any:
+    """One YAML file as an omegaconf mapping; syntax errors name the file, line and column."""
+    import yaml
+
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except OSError as e:  # omegaconf's word for a top level that is a scalar
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (model:, data:, ...), got "
+                          f"{str(e).rsplit(': ', 1)[-1]}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (model:, data:, ...), got a list")
+    return layer
+
+
 def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[Any]:
     """The YAML at ``path`` preceded by the chain of files it ``extends`` (a path relative to it), so a
     baseline config states only what differs from the recipe it extends."""
@@ -276,7 +295,7 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[Any]:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"extends: {path} extends itself (through {', '.join(map(str, seen))})")
-    layer = OmegaConf.load(path)
+    layer = _read_yaml(path)
     parent = layer.pop("extends", None)
     if parent is None:
         return [layer]
@@ -285,27 +304,38 @@ def _yaml_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[Any]:
     return _yaml_layers(path.parent / parent, seen + (path.resolve(),)) + [layer]
 
 
+def _merge(schema: Any, layer: Any, where: str) -> Any:
+    try:
+        return OmegaConf.merge(schema, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]} ({where})") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Load ``path`` (YAML) onto the schema, apply ``key=value`` overrides, validate.
 
-    Unknown keys and wrong types raise ``ConfigError`` naming the key (and the file).
+    Unknown keys and wrong types raise ``ConfigError`` naming the key and where it came from (the file,
+    or the command line). A file chain with no ``model`` section is refused: the schema's defaults are
+    the paper's 217M-parameter text model, which nobody should get by accident.
     """
     schema = OmegaConf.structured(TrainConfig)
-    where = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        layers = _yaml_layers(Path(path))
+        if not any(layer.get("model") for layer in layers):
+            raise ConfigError(f"model: {path} has no model section (or an empty one); state the model's sizes "
+                              "(see configs/ for the recipes), or extend a recipe with `extends: <file>.yaml`")
+        for layer in layers:
+            schema = _merge(schema, layer, f"in {path}")
+    for override in overrides or []:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} is not of the form key=value")
+        schema = _merge(schema, OmegaConf.from_dotlist([override]), f"command-line override {override!r}")
     try:
-        if path is not None:
-            for layer in _yaml_layers(Path(path)):
-                schema = OmegaConf.merge(schema, layer)
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-            schema = OmegaConf.merge(schema, OmegaConf.from_dotlist(list(overrides)))
         cfg: TrainConfig = OmegaConf.to_object(schema)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{key}: {msg} (in {where})") from None
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]} (in {path or '<defaults>'})") from None
     validate(cfg)
     return cfg
 

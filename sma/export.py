@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from sma.checkpoint import FORMAT
 from sma.config import ConfigError, TrainConfig, config_from_dict, to_dict
 from sma.model import build_pretrain_model
-from sma.train.checkpointing import atomic_torch_save, read_meta, resolve_checkpoint
+from sma.train.checkpointing import atomic_torch_save, read_meta, resolve_checkpoint, saved_config
 from sma.train.optim import param_groups
 
 log = logging.getLogger("sma.export")
@@ -49,7 +48,7 @@ def consolidated_state_dict(tag_dir: Path, cfg: TrainConfig) -> dict[str, torch.
 def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Write ``out`` from a checkpoints folder (its latest) or one tag folder; returns ``out``."""
     tag_dir = resolve_checkpoint(Path(checkpoint))
-    cfg = config_from_dict(yaml.safe_load((tag_dir / "config.yaml").read_text()))
+    cfg = config_from_dict(saved_config(tag_dir))
     blob = {"format": FORMAT, "config": to_dict(cfg), "model": consolidated_state_dict(tag_dir, cfg),
             "step": read_meta(tag_dir)["step"]}
     out = Path(out)

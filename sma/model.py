@@ -264,15 +264,15 @@ class SMAPretrainModel(nn.Module):
 
     # -- mask selection -------------------------------------------------------------------------
     def _selector(self, batch: Batch, progress: float, generator: torch.Generator | None,
-                  chosen: torch.Tensor | None, record: dict) -> Selector | None:
+                  chosen: torch.Tensor | None, record: dict, mode: str) -> Selector | None:
         m = self.masking
         valid = batch.valid
         ids = self.backbone.position_ids[: valid.shape[1]]
-        if m.mode == "span":
+        if mode == "span":
             return Selector(lambda q, k: span_mask(valid, m.ratio, m.span_length, generator=generator), False)
-        if m.mode == "word":
+        if mode == "word":
             return Selector(lambda q, k: word_mask(batch.inputs, valid, m.ratio, generator=generator), False)
-        if m.mode == "random":
+        if mode == "random":
             k_b = num_to_mask(valid.sum(1), m.ratio)
             return Selector(lambda q, k: random_mask(valid, k_b, ids=ids, generator=generator), False)
         guided_share = 1.0 - m.select_initial_ratio * curriculum_schedule(progress, m.curriculum_fraction)
@@ -337,12 +337,14 @@ class SMAPretrainModel(nn.Module):
         return (target - mean) / (var + 1e-6).sqrt()
 
     def forward(self, batch: Batch, progress: float = 1.0, generator: torch.Generator | None = None,
-                chosen: torch.Tensor | None = None) -> PretrainOutput:
+                chosen: torch.Tensor | None = None, mode: str | None = None) -> PretrainOutput:
         """batch.inputs: (B, n) ids or (B, n, d_raw); progress: step / max_steps (curriculum);
         generator: fixed-seed generator for reproducible masks (evaluation); chosen: (B, m) query rows to
-        use instead of the random draw (tests, analysis)."""
+        use instead of the random draw (tests, analysis); mode: a masking mode other than the configured
+        one (evaluation under random masks, which do not depend on the weights)."""
         record: dict = {"seconds": 0.0, "chosen": None}
-        select = self._timed(self._selector(batch, progress, generator, chosen, record), record)
+        mode = mode or self.masking.mode
+        select = self._timed(self._selector(batch, progress, generator, chosen, record, mode), record)
         enc = self.backbone(batch.inputs, batch.valid, select)
         mask = enc.mask
         positions, present = compact(mask)

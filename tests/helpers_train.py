@@ -44,8 +44,9 @@ class Job:
 
 
 def start(nprocs: int, overrides: list[str], *, launcher: str = "deepspeed", config: str = TINY,
-          env: dict[str, str] | None = None) -> Job:
-    """Start ``nprocs`` ranks of pretraining with ``launcher`` (deepspeed | torchrun)."""
+          env: dict[str, str] | None = None, preexec_fn=None) -> Job:
+    """Start ``nprocs`` ranks of pretraining with ``launcher`` (deepspeed | torchrun); ``preexec_fn`` runs in
+    the launcher's process before it starts (limits set there apply to every rank)."""
     port = free_port()
     if launcher == "deepspeed":
         cmd = ["deepspeed", "--num_gpus", str(nprocs), "--master_port", str(port)]
@@ -59,7 +60,7 @@ def start(nprocs: int, overrides: list[str], *, launcher: str = "deepspeed", con
     full_env.pop("WANDB_MODE", None)
     with log.open("w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=preexec_fn)
     return Job(proc, port, log)
 
 

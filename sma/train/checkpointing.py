@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from sma.config import ConfigError
+from sma.config import ConfigError, TrainConfig
 from sma.train.env import DistEnv
+from sma.train.schedule import lr_ratio
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,45 @@ def resolve_checkpoint(path: Path) -> Path:
     return tag_dir
 
 
+# Model keys that a resumed run may change: they alter no parameter shape.
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous one is intact. The message says which."""
+
+
+_RESUMABLE_MODEL_CHANGES = frozenset({"dropout", "activation_checkpointing"})
+
+
+def saved_config(tag_dir: Path) -> dict[str, Any]:
+    """The resolved config a checkpoint was saved with (as a plain dict)."""
+    import yaml
+
+    return yaml.safe_load((tag_dir / "config.yaml").read_text()) or {}
+
+
+def check_resume(cfg: TrainConfig, tag_dir: Path) -> None:
+    """Refuse a resume whose model differs from the checkpoint's (naming each differing key with the
+    checkpoint's value), and warn when ``max_steps`` changed (it reshapes the learning-rate schedule)."""
+    saved = saved_config(tag_dir)
+    saved_model = saved.get("model", {})
+    differ = [f"model.{k}: checkpoint {saved_model[k]!r}, this run {getattr(cfg.model, k)!r}"
+              for k in sorted(saved_model) if hasattr(cfg.model, k) and k not in _RESUMABLE_MODEL_CHANGES
+              and saved_model[k] != getattr(cfg.model, k)]
+    if differ:
+        raise ConfigError(f"resume: {tag_dir} holds another model ({'; '.join(differ)}); resume with the "
+                          "checkpoint's model settings, or start a new run_dir (fine-tuning starts from it with init=)")
+    saved_max = saved.get("max_steps", cfg.max_steps)
+    if saved_max != cfg.max_steps:
+        step = read_meta(tag_dir)["step"]
+        saved_optim = saved.get("optim", {})
+        before = saved_optim.get("lr", cfg.optim.lr) * lr_ratio(
+            step, saved_optim.get("warmup_steps", cfg.optim.warmup_steps), saved_max,
+            saved_optim.get("min_lr_ratio", cfg.optim.min_lr_ratio))
+        after = cfg.optim.lr * lr_ratio(step, cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.min_lr_ratio)
+        log.warning("max_steps changed from %d (checkpoint) to %d: the cosine schedule is recomputed over %d steps, "
+                    "so the learning rate at step %d moves from %.3g to %.3g (see README: Extending a run)",
+                    saved_max, cfg.max_steps, cfg.max_steps, step, before, after)
+
+
 class CheckpointManager:
     """Saves and restores training state under ``root`` on every rank; keeps the newest ``keep_last``."""
 
@@ -115,7 +155,11 @@ class CheckpointManager:
         self.env = env
 
     def save(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str) -> Path:
-        """Write checkpoint ``step`` on all ranks (a collective: every rank must call it)."""
+        """Write checkpoint ``step`` on all ranks (a collective: every rank must call it).
+
+        A write that fails on any rank (a full disk, a quota) fails the save on every rank with
+        ``CheckpointWriteError``: the partial folder is removed and ``latest`` still names the previous
+        complete checkpoint."""
         tag = tag_for(step)
         tag_dir = self.root / tag
         if self.env.is_main:
@@ -123,19 +167,48 @@ class CheckpointManager:
             if tag_dir.exists():  # debris of a save that crashed before completing
                 shutil.rmtree(tag_dir)
         torch.distributed.barrier()
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
-        atomic_torch_save(trainer_state, tag_dir / f"trainer_rank{self.env.rank:05d}.pt")
+        error = self._attempt(lambda: self._write_shards(engine, tag, tag_dir, step, trainer_state))
         if os.environ.get(_KILL_IN_SAVE_ENV) == str(step):
             os.kill(os.getpid(), 9)
-        torch.distributed.barrier()  # every rank's files are on disk past this point
-        if self.env.is_main:
-            (tag_dir / "config.yaml").write_text(config_yaml)
-            meta = {"step": step, "world_size": self.env.world_size, "zero_stage": engine.zero_optimization_stage()}
-            atomic_write_text(tag_dir / META, json.dumps(meta))
-            atomic_write_text(self.root / LATEST, tag)
-            self._prune()
-        torch.distributed.barrier()
+        # every rank's files are on disk past this point (or some rank failed)
+        if not self._failed_anywhere(error) and self.env.is_main:
+            error = self._attempt(lambda: self._complete(engine, tag, tag_dir, step, config_yaml))
+        if self._failed_anywhere(error):
+            previous = (self.root / LATEST).read_text().strip() if (self.root / LATEST).is_file() else None
+            if self.env.is_main:
+                shutil.rmtree(tag_dir, ignore_errors=True)
+            torch.distributed.barrier()
+            raise CheckpointWriteError(
+                f"could not write checkpoint {tag_dir}: {error or 'a write failed on another rank'} (is the disk "
+                f"full?); {f'the previous checkpoint {previous} is kept' if previous else 'no earlier checkpoint'}; "
+                "free space, then continue with resume=auto")
         return tag_dir
+
+    @staticmethod
+    def _attempt(write: Any) -> Exception | None:
+        # torch.save reports a short write (ENOSPC, EFBIG, a quota) as a RuntimeError from its zip writer
+        try:
+            write()
+        except (OSError, RuntimeError) as e:
+            return e
+        return None
+
+    def _failed_anywhere(self, error: Exception | None) -> bool:
+        flag = torch.tensor([float(error is not None)], device=self.env.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item())
+
+    def _write_shards(self, engine: Any, tag: str, tag_dir: Path, step: int, trainer_state: dict[str, Any]) -> None:
+        engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
+        atomic_torch_save(trainer_state, tag_dir / f"trainer_rank{self.env.rank:05d}.pt")
+
+    def _complete(self, engine: Any, tag: str, tag_dir: Path, step: int, config_yaml: str) -> None:
+        """Rank 0, once every rank's shards are written: the config, the completion mark, ``latest``."""
+        (tag_dir / "config.yaml").write_text(config_yaml)
+        meta = {"step": step, "world_size": self.env.world_size, "zero_stage": engine.zero_optimization_stage()}
+        atomic_write_text(tag_dir / META, json.dumps(meta))
+        atomic_write_text(self.root / LATEST, tag)
+        self._prune()
 
     def _prune(self) -> None:
         keep = {p.name for p in complete_tags(self.root)[-self.keep_last:]}

@@ -38,14 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if env.is_main else logging.WARNING,
                         format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s")
     from sma.train.loop import Pretrainer  # after prepare_environment: deepspeed picks its accelerator at import
+    from sma.train.checkpointing import CheckpointWriteError
+    from sma.train.rundir import hold_run_dir
 
     try:
-        code = Pretrainer(cfg, env).run()
+        with hold_run_dir(cfg.run_dir, env, "pretrain"):
+            trainer = Pretrainer(cfg, env)
+            code = trainer.run()
+            if code == 0 and env.is_main:
+                print(trainer.summary(), flush=True)
     except ConfigError as e:  # settings that only fail once the world size is known
         print(f"config error: {e}", file=sys.stderr)
         code = 2
     except InputError as e:  # names the file, shard or sample; a traceback would only bury that
         print(f"data error (rank {env.rank}): {e}", file=sys.stderr)
         code = 3
+    except CheckpointWriteError as e:
+        print(f"checkpoint error (rank {env.rank}): {e}", file=sys.stderr)
+        code = 2
     shutdown()
     return code

@@ -14,10 +14,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sma.config import ConfigError, TrainConfig, to_dict, to_yaml
 from sma.inputs import Batch
-from sma.train.checkpointing import CheckpointManager, find_checkpoint
+from sma.train.checkpointing import CheckpointManager, check_resume, find_checkpoint, tag_for
 from sma.train.env import DistEnv
 from sma.train.memory import model_state_mb, peak_memory_mb
-from sma.train.metrics import MetricsLogger
+from sma.train.metrics import METRICS_FILE, MetricsLogger
 from sma.train.optim import batch_plan, client_optimizer, deepspeed_config, param_groups, scheduler_factory
 from sma.train.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag
 from sma.train.rng import rng_state, seed_everything, set_rng_state
@@ -45,8 +45,14 @@ def rescale_data_state(state: dict[str, Any], saved_stride: int, stride: int, lo
 
 
 class Evaluator:
-    """Pretraining loss on the held-out split with the same masks every time (fixed-seed generator),
-    averaged over all ranks. Leaves the global RNG untouched so training continues identically."""
+    """Pretraining loss on the held-out split, averaged over all ranks, under two kinds of masks:
+
+    - ``eval_loss``: the run's own masking. Guided masks are chosen by the current weights, so this
+      follows what training optimizes but is not comparable across evaluations (nor across runs).
+    - ``eval_loss_random_masks``: the same fixed-seed random masks at every evaluation, whatever the
+      run's mode: comparable across steps, runs and masking modes.
+
+    Leaves the global RNG untouched so training continues identically."""
 
     def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
         from sma.data import build_loader
@@ -54,22 +60,29 @@ class Evaluator:
         self.cfg, self.env = cfg, env
         self.loader = build_loader(cfg, split="eval", rank=env.rank, world_size=env.world_size)
 
-    @torch.no_grad()
-    def __call__(self, engine: Any, progress: float) -> float:
-        saved = rng_state()
+    def _loss(self, engine: Any, progress: float, mode: str) -> torch.Tensor:
         gen = torch.Generator(self.env.device).manual_seed(self.cfg.seed + _EVAL_SEED_OFFSET + self.env.rank)
-        engine.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.env.device)  # loss sum, batches
         for i, batch in enumerate(self.loader):
             if i == self.cfg.eval_batches:
                 break
-            out = engine(batch.to(self.env.device), progress=progress, generator=gen)
+            out = engine(batch.to(self.env.device), progress=progress, generator=gen, mode=mode)
             total[0] += out.loss.double()
             total[1] += 1
+        return total
+
+    @torch.no_grad()
+    def __call__(self, engine: Any, progress: float) -> dict[str, float]:
+        saved = rng_state()
+        engine.eval()
+        own = self._loss(engine, progress, self.cfg.masking.mode)
+        rand = own if self.cfg.masking.mode == "random" else self._loss(engine, progress, "random")
         engine.train()
         set_rng_state(saved)
-        torch.distributed.all_reduce(total)
-        return float(total[0] / total[1].clamp(min=1))
+        totals = torch.stack([own, rand])
+        torch.distributed.all_reduce(totals)
+        own_loss, random_loss = (float(t[0] / t[1].clamp(min=1)) for t in totals)
+        return {"eval_loss": own_loss, "eval_loss_random_masks": random_loss}
 
 
 class Pretrainer:
@@ -89,6 +102,8 @@ class Pretrainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_last, env)
         resume_from = find_checkpoint(cfg.resume, self.ckpt.root)
+        if resume_from is not None:
+            check_resume(cfg, resume_from)
         universal = resume_from is not None and self.ckpt.needs_universal(resume_from, cfg.zero_stage)
         if universal:
             resume_from = self.ckpt.to_universal(resume_from)
@@ -209,6 +224,24 @@ class Pretrainer:
         }
         return record
 
+    def summary(self) -> str:
+        """What a finished run leaves and what to run next (printed by rank 0 at the end)."""
+        run_dir, latest = self.run_dir, self.logger.latest
+        figures = ", ".join(f"{k} {latest[k]:.4f}" for k in ("loss", "eval_loss", "eval_loss_random_masks")
+                            if isinstance(latest.get(k), float))
+        ckpt = self.ckpt.root / tag_for(self.step)
+        lines = [f"Done: {self.step} steps in {run_dir}" + (f" ({figures})" if figures else ""),
+                 f"  checkpoint  {ckpt}",
+                 f"  metrics     {run_dir / METRICS_FILE}",
+                 f"  config      {run_dir / 'config.yaml'}"]
+        if self.logger.wandb_run is not None:
+            lines.append(f"  wandb       {run_dir / 'wandb'} ({self.logger.wandb_mode}; upload an offline run with "
+                         f"`wandb sync {run_dir / 'wandb'}/offline-run-*`)")
+        lines += ["Next:",
+                  f"  continue    the same command with max_steps=N resume=auto",
+                  f"  export      python -m sma.export {self.ckpt.root} {run_dir / 'model.pt'}"]
+        return "\n".join(lines)
+
     def run(self) -> int:
         """Train to ``max_steps``; returns 0, or ``PREEMPTED_EXIT_CODE`` after a stop signal."""
         try:
@@ -228,7 +261,11 @@ class Pretrainer:
             record = self._train_step(batches)
             preempted = record.pop("preempt")
             if self.evaluator and self.step % cfg.eval_every == 0:
-                record["eval_loss"] = self.evaluator(self.engine, self.step / cfg.max_steps)
+                record.update(self.evaluator(self.engine, self.step / cfg.max_steps))
+                log.info("eval at step %d: eval_loss %.4f (the run's %s masks%s), eval_loss_random_masks %.4f "
+                         "(fixed random masks: comparable across steps and runs)", self.step, record["eval_loss"],
+                         cfg.masking.mode, ", chosen by the current weights" if cfg.masking.mode == "guided" else "",
+                         record["eval_loss_random_masks"])
             last = self.step == cfg.max_steps
             if self.step % cfg.log_every == 0 or "eval_loss" in record or last or preempted:
                 record.update(self._memory())

@@ -31,6 +31,7 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, start_step: int, max_steps: int,
                  wandb_mode: str, wandb_project: str, config: dict[str, Any]) -> None:
         self.enabled = enabled
+        self.latest: dict[str, Any] = {}  # the newest value of every logged key, for the closing summary
         self.bar: tqdm | None = None
         self.wandb_run: Any = None
         if not enabled:
@@ -39,6 +40,7 @@ class MetricsLogger:
         self._truncate_after(start_step)
         self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
         mode = os.environ.get("WANDB_MODE", wandb_mode)  # the user's environment wins over the config
+        self.wandb_mode = mode
         if mode != "disabled":
             self.wandb_run = self._init_wandb(run_dir, mode, wandb_project, config)
 
@@ -64,6 +66,7 @@ class MetricsLogger:
         """Append one step's record (must hold ``step``) to every sink."""
         if not self.enabled:
             return
+        self.latest.update(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
