@@ -41,15 +41,36 @@ def read_consolidated(path: str | Path) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
-    """Rebuild the pretraining model from an exported file and load its weights (strictly).
+    """Rebuild the pretraining model from an exported file (or a training checkpoint) and load its weights
+    (strictly).
 
     Returns ``(model, cfg)``; for fine-tuning pass ``model.state_dict()`` to
     ``head.load_encoder_state_dict``. The model is on the CPU, in eval mode.
     """
     from sma.model import build_pretrain_model
 
-    blob = read_consolidated(path)
-    cfg = config_from_dict(blob["config"])
+    weights, cfg = load_pretrained_weights(path)
     model = build_pretrain_model(cfg.model, cfg.masking)
-    model.load_state_dict(blob["model"], strict=True)
+    model.load_state_dict(weights, strict=True)
     return model.eval(), cfg
+
+
+def load_pretrained_weights(init: str | Path) -> tuple[dict[str, torch.Tensor], TrainConfig]:
+    """fp32 weights and config of a pretraining run, from an exported file, a run's checkpoints folder
+    (its latest) or one ``stepNNNNNNNN`` folder. The one loader behind ``init=`` and ``load_pretrained``."""
+    from sma.config import ConfigError
+
+    path = Path(init)
+    if path.is_file():
+        blob = read_consolidated(path)
+        return blob["model"], config_from_dict(blob["config"])
+    from sma.export import consolidated_state_dict
+    from sma.train.checkpointing import resolve_checkpoint, saved_config
+
+    try:
+        tag_dir = resolve_checkpoint(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"init: {e}; give a run's checkpoints folder, one stepNNNNNNNN folder, an exported .pt, "
+                          "or none") from None
+    cfg = config_from_dict(saved_config(tag_dir))
+    return consolidated_state_dict(tag_dir, cfg), cfg

@@ -312,17 +312,19 @@ def _merge(schema: Any, layer: Any, where: str) -> Any:
         raise ConfigError(f"{key}: {str(e).splitlines()[0]} ({where})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                require_model: bool = True) -> TrainConfig:
     """Load ``path`` (YAML) onto the schema, apply ``key=value`` overrides, validate.
 
     Unknown keys and wrong types raise ``ConfigError`` naming the key and where it came from (the file,
-    or the command line). A file chain with no ``model`` section is refused: the schema's defaults are
-    the paper's 217M-parameter text model, which nobody should get by accident.
+    or the command line). With ``require_model``, a file chain with no ``model`` section is refused: the
+    schema's defaults are the paper's 217M-parameter text model, which nobody should get by accident
+    (fine-tuning takes the model from its ``init`` checkpoint instead).
     """
     schema = OmegaConf.structured(TrainConfig)
     if path is not None:
         layers = _yaml_layers(Path(path))
-        if not any(layer.get("model") for layer in layers):
+        if require_model and not any(layer.get("model") for layer in layers):
             raise ConfigError(f"model: {path} has no model section (or an empty one); state the model's sizes "
                               "(see configs/ for the recipes), or extend a recipe with `extends: <file>.yaml`")
         for layer in layers:
@@ -364,3 +366,14 @@ def model_config_from_dict(d: dict[str, Any]) -> ModelConfig:
     so checkpoints from older versions still load."""
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     return ModelConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def explicit_model_keys(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The ``model`` keys that the file chain at ``path`` and the overrides state themselves (not the
+    schema's defaults), as a plain dict."""
+    merged = OmegaConf.create()
+    for layer in _yaml_layers(Path(path)) if path is not None else []:
+        merged = OmegaConf.merge(merged, layer)
+    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([o for o in overrides or [] if o.startswith("model.")]))
+    model = OmegaConf.to_container(merged).get("model") or {}
+    return dict(model)

@@ -385,13 +385,29 @@ class SMAFinetuneModel(nn.Module):
         return self.head(q, enc.states, enc.states_valid)[:, 0]
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """outputs: (B, C); targets: (B,) class ids, (B, C) 0/1 labels, or (B, C) / (B,) values."""
+        """outputs: (B, C); targets: (B,) class ids, (B, C) 0/1 labels (NaN: missing), or (B, C) / (B,)
+        values."""
         if self.task == "classification":
             return F.cross_entropy(outputs.float(), targets.long())
         targets = targets.float().view_as(outputs)
-        if self.task == "binary":
-            return F.binary_cross_entropy_with_logits(outputs.float(), targets)
+        if self.task == "binary":  # NaN marks a missing label (multi-label sets): it adds nothing
+            known = ~torch.isnan(targets)
+            per_label = F.binary_cross_entropy_with_logits(outputs.float(), targets.nan_to_num(), reduction="none")
+            return (per_label * known).sum() / known.sum().clamp(min=1)
         return F.mse_loss(outputs.float(), targets)
+
+    def layer_depths(self) -> dict[str, int]:
+        """Depth of every parameter for layer-wise lr decay: 0 the embedding, 1.. the encoder's blocks in
+        order (the Perceiver's latents and cross-attention are 1), ``num_blocks + 1`` the head and the
+        final encoder norm."""
+        enc = self.backbone.encoder
+        blocks = ([enc.cross] if isinstance(enc, PerceiverEncoder) else []) + list(enc.layers)
+        depth = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+        if isinstance(enc, PerceiverEncoder):
+            depth[id(enc.latents)] = 1
+        depth.update({id(p): 0 for p in self.backbone.embed.parameters()})
+        top = len(blocks) + 1
+        return {name: depth.get(id(p), top) for name, p in self.named_parameters()}
 
     def load_encoder_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load the backbone from a pretraining state dict (decoder entries are dropped)."""

@@ -15,8 +15,8 @@ class Collate:
     """Pad a list of samples to ``max_len``.
 
     Discrete samples give ``inputs (B, max_len)`` int64 ids; continuous ones ``inputs (B, max_len,
-    d_raw)`` float32; ``valid (B, max_len)`` bool in both cases. Continuous labels ``y`` become
-    ``targets (B,)``. ``mean``/``std`` (each ``(n,)`` or ``(n, d_raw)``), when given, standardize
+    d_raw)`` float32; ``valid (B, max_len)`` bool in both cases. Labels ``y`` (scalars or ``(C,)``
+    arrays) become float32 ``targets (B,)`` or ``(B, C)``. ``mean``/``std`` (each ``(n,)`` or ``(n, d_raw)``), when given, standardize
     continuous values feature by feature with statistics stored next to the shards.
     """
 
@@ -27,9 +27,9 @@ class Collate:
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         if "ids" in samples[0]:
-            return pad_ids([s["ids"] for s in samples], self.max_len)
-        xs = [self._standardize(s["x"]) for s in samples]
-        batch = pad_continuous(xs, self.max_len)
+            batch = pad_ids([s["ids"] for s in samples], self.max_len)
+        else:
+            batch = pad_continuous([self._standardize(s["x"]) for s in samples], self.max_len)
         if "y" in samples[0]:
             batch.targets = torch.tensor(np.array([s["y"] for s in samples], dtype=np.float32))
         return batch

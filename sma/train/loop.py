@@ -85,14 +85,19 @@ class Evaluator:
         return {"eval_loss": own_loss, "eval_loss_random_masks": random_loss}
 
 
-class Pretrainer:
-    """One pretraining run on this rank; ``run()`` returns the process exit code (0 or 124)."""
+class Trainer:
+    """The one training engine: DeepSpeed, resume, optimizer steps with gradient accumulation, logging,
+    checkpoints and preemption, for one run on this rank. ``run()`` returns the process exit code.
+
+    Pretraining (``Pretrainer``) and fine-tuning (``sma.finetune.trainer.Finetuner``) differ only in the
+    hooks: ``build_model``, ``param_groups``, ``build_loader``, ``forward`` (loss and per-micro-batch
+    figures), ``after_step`` (evaluation; may end the run early) and the extra state they checkpoint.
+    """
+
+    command = "train"  # names the progress bar
 
     def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
         import deepspeed
-
-        from sma.data import build_loader
-        from sma.model import build_pretrain_model
 
         if cfg.precision == "fp16" and env.device.type == "cpu":
             raise ConfigError("precision: fp16 needs a GPU (DeepSpeed's CPU accelerator has no fp16); "
@@ -116,8 +121,8 @@ class Pretrainer:
                          cfg.data.micro_batch_size)
             cfg.data.micro_batch_size = micro
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        model = build_pretrain_model(cfg.model, cfg.masking)
-        groups = param_groups(model, cfg.optim.weight_decay)
+        model = self.build_model()
+        groups = self.param_groups(model)
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=client_optimizer(cfg, groups),
             lr_scheduler=scheduler_factory(cfg),
@@ -125,22 +130,47 @@ class Pretrainer:
         if env.is_main:
             inner = getattr(self.engine, "basic_optimizer", None) or self.engine.optimizer
             log.info("engine: %d rank(s), ZeRO stage %d, %s, optimizer %s (wrapped as %s), %d micro-batch(es) "
-                     "of %d per rank and step", env.world_size, cfg.zero_stage, cfg.precision,
-                     type(inner).__name__, type(self.engine.optimizer).__name__,
-                     self.engine.gradient_accumulation_steps(), cfg.data.micro_batch_size)
+                     "of %d per rank and step, %d CPU thread(s) per rank", env.world_size, cfg.zero_stage,
+                     cfg.precision, type(inner).__name__, type(self.engine.optimizer).__name__,
+                     self.engine.gradient_accumulation_steps(), cfg.data.micro_batch_size, torch.get_num_threads())
         seed_everything(cfg.seed + _RANK_SEED_STRIDE * (env.rank + 1))  # each rank draws its own masks
 
-        self.loader = build_loader(cfg, split="train", rank=env.rank, world_size=env.world_size)
+        self.loader = self.build_loader()
         self.step = 0
         if resume_from is not None:
             self._restore(resume_from)
         if env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
-        self.evaluator = Evaluator(cfg, env) if cfg.eval_every else None
         self.logger = MetricsLogger(self.run_dir, enabled=env.is_main, start_step=self.step,
                                     max_steps=cfg.max_steps, wandb_mode=cfg.wandb_mode,
-                                    wandb_project=cfg.wandb_project, config=to_dict(cfg))
+                                    wandb_project=cfg.wandb_project, config=to_dict(cfg), desc=self.command)
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        return param_groups(model, self.cfg.optim.weight_decay)
+
+    def build_loader(self) -> Any:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The loss of one micro-batch and figures to average over the step's micro-batches and ranks."""
+        raise NotImplementedError
+
+    def after_step(self, record: dict[str, Any]) -> bool:
+        """Runs on every rank after each optimizer step (evaluation goes here); may add to ``record``.
+        Returns True to end the run after this step (early stopping)."""
+        return False
+
+    def extra_state(self) -> dict[str, Any]:
+        """Checkpointed with the trainer state and handed back to ``load_extra_state`` on resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
 
     def _restore(self, tag_dir: Path) -> None:
         state = self.ckpt.load(self.engine, tag_dir)
@@ -155,12 +185,13 @@ class Pretrainer:
             seed_everything(self.cfg.seed + _RANK_SEED_STRIDE * (self.env.rank + 1) + self.step)
             self.loader.load_state_dict(rescale_data_state(state["data"], state["world_size"] * saved_micro,
                                                            self.env.world_size * micro, self.loader))
+        self.load_extra_state(state.get("extra", {}))
         log.info("rank %d resumed from %s at step %d", self.env.rank, tag_dir, self.step)
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "rng": rng_state(), "data": self.loader.state_dict(),
                 "rank": self.env.rank, "world_size": self.env.world_size,
-                "micro_batch_size": self.cfg.data.micro_batch_size}
+                "micro_batch_size": self.cfg.data.micro_batch_size, "extra": self.extra_state()}
 
     def _save(self) -> None:
         path = self.ckpt.save(self.engine, self.step, self._trainer_state(), to_yaml(self.cfg))
@@ -183,45 +214,40 @@ class Pretrainer:
 
     def _train_step(self, batches: Iterator[Batch]) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; returns this step's global metrics."""
-        engine, cfg = self.engine, self.cfg
+        engine = self.engine
         lr = engine.get_lr()[0]
         start = time.perf_counter()
-        # Summed over micro-batches, then over ranks: loss, masked ratio, tokens, samples, selection s,
-        # stop flag. Kept on the device (NCCL reduces device tensors) and read once per step.
-        local = torch.zeros(6, dtype=torch.float64, device=self.env.device)
         accum = engine.gradient_accumulation_steps()
         own_norm = None
+        sums: dict[str, Any] = {}
         for _ in range(accum):
             batch = next(batches).to(self.env.device)  # the model casts values to its dtype
-            out = engine(batch, progress=self.step / cfg.max_steps)
-            engine.backward(out.loss)
+            loss, figures = self.forward(batch)
+            engine.backward(loss)
             if engine.is_gradient_accumulation_boundary():
                 own_norm = self._grad_norm_untracked_by_deepspeed()
             engine.step()
-            local[0] += out.loss.detach().double()
-            local[1] += out.masked_ratio.double()
-            local[2] += batch.valid.sum()
-            local[3] += batch.valid.shape[0]
-            local[4] += out.selection_seconds
-        local[5] = float(self.flag.raised)
+            for key, value in {"loss": loss.detach(), "tokens": batch.valid.sum(),
+                               "samples": batch.valid.shape[0], **figures}.items():
+                sums[key] = sums.get(key, 0.0) + value
+        # Summed over micro-batches, then over ranks, with the stop flag last. Kept on the device (NCCL
+        # reduces device tensors) and read once per step.
+        keys = list(sums)
+        local = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.env.device).reshape(())
+                             for k in keys] + [torch.tensor(float(self.flag.raised), dtype=torch.float64,
+                                                            device=self.env.device)])
         torch.distributed.all_reduce(local)  # also tells every rank whether any rank was signalled
-        local = local.cpu()
+        totals = dict(zip(keys + ["preempt"], local.cpu().tolist()))
         elapsed = time.perf_counter() - start
         self.step += 1
         n = accum * self.env.world_size
         grad_norm = engine.get_global_grad_norm() if own_norm is None else own_norm
-        record = {
-            "step": self.step,
-            "loss": float(local[0] / n),
-            "lr": lr,
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "masked_ratio": float(local[1] / n),
-            "tokens_per_s": float(local[2] / elapsed),
-            "samples_per_s": float(local[3] / elapsed),
-            "selection_share": float(local[4] / self.env.world_size / elapsed),
-            "step_seconds": elapsed,
-            "preempt": bool(local[5] > 0),
-        }
+        record = {"step": self.step, "loss": totals.pop("loss") / n, "lr": lr,
+                  "grad_norm": None if grad_norm is None else float(grad_norm)}
+        tokens, samples, preempt = totals.pop("tokens"), totals.pop("samples"), totals.pop("preempt")
+        record.update({k: v / n for k, v in totals.items()})
+        record.update({"tokens_per_s": tokens / elapsed, "samples_per_s": samples / elapsed, "step_seconds": elapsed,
+                       "preempt": preempt > 0})
         return record
 
     def summary(self) -> str:
@@ -229,17 +255,13 @@ class Pretrainer:
         run_dir, latest = self.run_dir, self.logger.latest
         figures = ", ".join(f"{k} {latest[k]:.4f}" for k in ("loss", "eval_loss", "eval_loss_random_masks")
                             if isinstance(latest.get(k), float))
-        ckpt = self.ckpt.root / tag_for(self.step)
         lines = [f"Done: {self.step} steps in {run_dir}" + (f" ({figures})" if figures else ""),
-                 f"  checkpoint  {ckpt}",
+                 f"  checkpoint  {self.ckpt.root / tag_for(self.step)}",
                  f"  metrics     {run_dir / METRICS_FILE}",
                  f"  config      {run_dir / 'config.yaml'}"]
         if self.logger.wandb_run is not None:
             lines.append(f"  wandb       {run_dir / 'wandb'} ({self.logger.wandb_mode}; upload an offline run with "
                          f"`wandb sync {run_dir / 'wandb'}/offline-run-*`)")
-        lines += ["Next:",
-                  f"  continue    the same command with max_steps=N resume=auto",
-                  f"  export      python -m sma.export {self.ckpt.root} {run_dir / 'model.pt'}"]
         return "\n".join(lines)
 
     def run(self) -> int:
@@ -252,22 +274,17 @@ class Pretrainer:
 
     def _run(self) -> int:
         cfg = self.cfg
-        if self.step >= cfg.max_steps:
-            log.info("nothing to do: step %d >= max_steps %d", self.step, cfg.max_steps)
+        if self.step >= cfg.max_steps or self.finished():
+            log.info("nothing to do: step %d of max_steps %d, finished", self.step, cfg.max_steps)
             return 0
         batches = iter(self.loader)
         self.engine.train()
         while self.step < cfg.max_steps:
             record = self._train_step(batches)
             preempted = record.pop("preempt")
-            if self.evaluator and self.step % cfg.eval_every == 0:
-                record.update(self.evaluator(self.engine, self.step / cfg.max_steps))
-                log.info("eval at step %d: eval_loss %.4f (the run's %s masks%s), eval_loss_random_masks %.4f "
-                         "(fixed random masks: comparable across steps and runs)", self.step, record["eval_loss"],
-                         cfg.masking.mode, ", chosen by the current weights" if cfg.masking.mode == "guided" else "",
-                         record["eval_loss_random_masks"])
-            last = self.step == cfg.max_steps
-            if self.step % cfg.log_every == 0 or "eval_loss" in record or last or preempted:
+            stop = self.after_step(record)
+            last = self.step == cfg.max_steps or stop
+            if self.step % cfg.log_every == 0 or any(k.startswith("eval") for k in record) or last or preempted:
                 record.update(self._memory())
                 self.logger.log(record)
             self.logger.progress(self.step, record["loss"], record["lr"], record["tokens_per_s"])
@@ -277,4 +294,53 @@ class Pretrainer:
                 log.warning("rank %d: stop signal received; saved step %d, exiting for requeue",
                             self.env.rank, self.step)
                 return PREEMPTED_EXIT_CODE
+            if stop:
+                break
         return 0
+
+    def finished(self) -> bool:
+        """True when a resumed run had already ended early (it must not train further)."""
+        return False
+
+
+class Pretrainer(Trainer):
+    """Self-guided masked pretraining: masks chosen in encoder layer 1, the loss on masked positions,
+    periodic evaluation under the run's own and under fixed random masks."""
+
+    command = "pretrain"
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
+        super().__init__(cfg, env)
+        self.evaluator = Evaluator(cfg, env) if cfg.eval_every else None
+
+    def build_model(self) -> torch.nn.Module:
+        from sma.model import build_pretrain_model
+
+        return build_pretrain_model(self.cfg.model, self.cfg.masking)
+
+    def build_loader(self) -> Any:
+        from sma.data import build_loader
+
+        return build_loader(self.cfg, split="train", rank=self.env.rank, world_size=self.env.world_size)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        out = self.engine(batch, progress=self.step / self.cfg.max_steps)
+        return out.loss, {"masked_ratio": out.masked_ratio, "selection_seconds": out.selection_seconds}
+
+    def after_step(self, record: dict[str, Any]) -> bool:
+        cfg = self.cfg
+        # share of the step spent choosing masks: mean seconds per micro-batch x micro-batches / step time
+        seconds = record.pop("selection_seconds")
+        record["selection_share"] = seconds * self.engine.gradient_accumulation_steps() / record["step_seconds"]
+        if self.evaluator and self.step % cfg.eval_every == 0:
+            record.update(self.evaluator(self.engine, self.step / cfg.max_steps))
+            log.info("eval at step %d: eval_loss %.4f (the run's %s masks%s), eval_loss_random_masks %.4f "
+                     "(fixed random masks: comparable across steps and runs)", self.step, record["eval_loss"],
+                     cfg.masking.mode, ", chosen by the current weights" if cfg.masking.mode == "guided" else "",
+                     record["eval_loss_random_masks"])
+        return False
+
+    def summary(self) -> str:
+        return "\n".join([super().summary(), "Next:",
+                          "  continue    the same command with max_steps=N resume=auto",
+                          f"  export      python -m sma.export {self.ckpt.root} {self.run_dir / 'model.pt'}"])

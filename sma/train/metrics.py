@@ -29,7 +29,7 @@ class MetricsLogger:
     """Rank 0 writes; on other ranks every method is a no-op, so the loop needs no rank checks."""
 
     def __init__(self, run_dir: Path, *, enabled: bool, start_step: int, max_steps: int,
-                 wandb_mode: str, wandb_project: str, config: dict[str, Any]) -> None:
+                 wandb_mode: str, wandb_project: str, config: dict[str, Any], desc: str = "train") -> None:
         self.enabled = enabled
         self.latest: dict[str, Any] = {}  # the newest value of every logged key, for the closing summary
         self.bar: tqdm | None = None
@@ -38,7 +38,7 @@ class MetricsLogger:
             return
         self.path = run_dir / METRICS_FILE
         self._truncate_after(start_step)
-        self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=max_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True)
         mode = os.environ.get("WANDB_MODE", wandb_mode)  # the user's environment wins over the config
         self.wandb_mode = mode
         if mode != "disabled":
