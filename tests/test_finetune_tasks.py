@@ -76,6 +76,17 @@ def test_table_reads_every_format_to_the_same_classification_task(tmp_path, file
     assert data.info["rows_read"] == {str(path): 10} and data.paper == {}
 
 
+def test_table_reads_any_fsspec_url(tmp_path):
+    import fsspec
+
+    with fsspec.open("memory://finetune-test/reviews.csv", "wb") as f:
+        f.write(write_reviews(tmp_path / "r.csv").read_bytes())
+    data = load_task(task(path="memory://finetune-test/reviews.csv", input_column="text", label_columns=["label"],
+                          kind="classification"), MAX_LEN)
+    assert sum(len(s) for s in data.splits.values()) == 10
+    assert data.info["source_files"] == ["memory://finetune-test/reviews.csv"]
+
+
 def test_table_random_split_is_seeded(tmp_path):
     path = write_reviews(tmp_path / "r.csv")
     cfg = dict(path=str(path), input_column="text", label_columns=["label"], kind="classification")
@@ -120,8 +131,8 @@ def test_table_feature_columns_are_standardized_with_train_statistics_and_split_
     np.testing.assert_allclose(train.mean(0), 0, atol=1e-6)
     np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
     # test rows 8, 9 with the train mean 2.5 and std sqrt(35/12) of f1 = 0..5
-    np.testing.assert_allclose(np.stack(data.splits["test"].inputs)[:, 0, 0], (np.array([8, 9]) - 2.5) / np.sqrt(35 / 12),
-                               rtol=1e-5)
+    test_f1 = np.stack(data.splits["test"].inputs)[:, 0, 0]
+    np.testing.assert_allclose(test_f1, (np.array([8, 9]) - 2.5) / np.sqrt(35 / 12), rtol=1e-5)
     np.testing.assert_allclose(data.splits["test"].targets, [[8 % 3 * 1.5], [0.0]])  # original units
     assert data.metrics == ("rmse", "mae")
 
@@ -134,10 +145,14 @@ def test_table_missing_label_column_names_the_key_file_and_columns(tmp_path):
 
 def test_table_label_that_is_not_a_number_names_file_line_column_and_value(tmp_path):
     path = write_csv(tmp_path / "r.csv", ["smiles", "logS"], [["CCO", "0.5"], ["CCC", "n/a?"]])
-    with pytest.raises(InputError, match=rf"{path} line 3, column 'logS': a regression label must be a number, got 'n/a\?'"):
+    with pytest.raises(InputError, match=rf"{path} line 3, column 'logS': a regression label must be a number, "
+                                         r"got 'n/a\?'"):
         load_task(task(path=str(path), input_column="smiles", label_columns=["logS"], kind="regression"), MAX_LEN)
     with pytest.raises(InputError, match=rf"{path} line 2, column 'logS': a binary label must be 0/1 or true/false"):
         load_task(task(path=str(path), input_column="smiles", label_columns=["logS"], kind="binary"), MAX_LEN)
+    path = write_csv(tmp_path / "f.csv", ["a", "y"], [["1.5", "0"], ["nan", "1"]])
+    with pytest.raises(InputError, match=rf"{path} line 3, column 'a': a feature must be a finite number, got 'nan'"):
+        load_task(task(path=str(path), feature_columns=["a"], label_columns=["y"], kind="binary"), MAX_LEN)
 
 
 def test_table_empty_split_names_the_split_and_the_task(tmp_path):
@@ -256,7 +271,8 @@ def test_moleculenet_balanced_and_random_splits_are_seeded_and_have_no_paper_fig
     assert a.splits["test"].ids != c.splits["test"].ids
     r = load_task(task(name="bbbp", path=str(tmp_path), split="random", split_seed=0,
                        fractions=[0.6, 0.2, 0.2]), MAX_LEN)
-    assert r.split_mode == "random seed 0" and {s: len(v) for s, v in r.splits.items()} == {"train": 6, "valid": 2, "test": 3}
+    assert r.split_mode == "random seed 0"
+    assert {s: len(v) for s, v in r.splits.items()} == {"train": 6, "valid": 2, "test": 3}
 
 
 def test_moleculenet_settings_that_contradict_the_benchmark_are_refused(tmp_path):
@@ -307,6 +323,11 @@ def test_higgs_small_folder_keeps_its_splits(tmp_path):
     np.testing.assert_allclose(np.stack(data.splits["test"].inputs)[:, :, 0],
                                (np.load(folder / "N_test.npy") - train.mean(0)) / train.std(0), atol=1e-4)
     assert data.splits["test"].ids[3] == "N_test.npy:row 3"
+    sizes = (("train", 40), ("val", 12), ("test", 16))
+    assert data.info["rows_read"] == {str(folder / f"N_{s}.npy"): n for s, n in sizes}
+    few = load_task(task(name="higgs_small", path=str(folder), train_labels=10, split_seed=1), MAX_LEN)
+    assert len(few.splits["train"]) == 10 and set(few.splits["train"].ids) < set(data.splits["train"].ids)
+    assert few.split_mode == "files; train 10 seeded rows (seed 1)" and few.paper == {}
     with pytest.raises(ConfigError, match="^task.path: higgs reads the HIGGS.csv"):
         load_task(task(name="higgs", path=str(folder)), MAX_LEN)
 
@@ -406,6 +427,23 @@ def test_glue_qqp_leaves_out_malformed_rows_and_counts_them(tmp_path):
     assert data.info["rows_read"][str(tmp_path / "train.tsv")] == 11
 
 
+@pytest.mark.parametrize("name, header, row, classes", [
+    ("sst2", "sentence\tlabel", "hide new secretions from the parental units \t{y}", ["0", "1"]),
+    ("qnli", "index\tquestion\tsentence\tlabel", "{i}\tWhat came into force?\tThe law did.\t{y}",
+     ["entailment", "not_entailment"]),
+    ("rte", "index\tsentence1\tsentence2\tlabel", "{i}\tNo weapons were found.\tWeapons were found.\t{y}",
+     ["entailment", "not_entailment"]),
+])
+def test_glue_single_sentence_and_pair_layouts(tmp_path, name, header, row, classes):
+    rows = [row.format(i=i, y=classes[i % 2]) for i in range(10)]
+    write_tsv(tmp_path / "train.tsv", [header, *rows])
+    write_tsv(tmp_path / "dev.tsv", [header, *rows[:4]])
+    data = load_task(task(name=name, path=str(tmp_path)), MAX_LEN)
+    assert data.label_names == classes and data.metrics == ("accuracy",)
+    assert data.splits["test"].targets.tolist() == [0, 1, 0, 1]
+    assert (data.splits["test"].inputs[0] == SEP).sum() == (1 if name == "sst2" else 2)
+
+
 def test_glue_stsb_is_regression_and_mnli_chooses_its_dev_file(tmp_path):
     sts = tmp_path / "STS-B"
     sts.mkdir()
@@ -436,6 +474,8 @@ def test_glue_stsb_is_regression_and_mnli_chooses_its_dev_file(tmp_path):
     assert matched.split_mode.startswith("GLUE dev_matched as test (test labels hidden)")
     mismatched = load_task(task(name="mnli", path=str(mnli), test_split="dev_mismatched"), MAX_LEN)
     assert mismatched.splits["test"].targets.tolist() == [0, 0, 0]
+    with pytest.raises(ConfigError, match="^task.split: mnli has fixed splits"):
+        load_task(task(name="mnli", path=str(mnli), split="random"), MAX_LEN)
     with pytest.raises(ConfigError, match="^task.test_split: 'dev' is not one of dev_matched, dev_mismatched"):
         load_task(task(name="mnli", path=str(mnli), test_split="dev"), MAX_LEN)
     write_tsv(mnli / "dev_matched.tsv", [cols + "\tlabel1\tgold_label", "0\t1\t1n\tf\ta\tb\ta\tb\tP\tH\t-\t-"])

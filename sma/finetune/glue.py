@@ -64,9 +64,6 @@ def load(cfg: TaskConfig, max_len: int) -> TaskData:
     g = TASKS[cfg.name]
     if not cfg.path:
         raise ConfigError(f"task.path: is required: the GLUE folder of {cfg.name} (train.tsv, dev.tsv)")
-    if cfg.split:
-        raise ConfigError(f"task.split: GLUE splits are fixed (dev file as test, a train slice as valid); "
-                          f"leave it unset (got {cfg.split!r})")
     fractions = check_fractions(cfg.fractions)
     table_cfg = preset(cfg, cfg.name, input_column=g.input, pair_column=g.pair, label_columns=[g.label], kind=g.kind)
     test_file = dev_file(cfg)

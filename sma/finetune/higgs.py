@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep.higgs import HiggsCorpus, higgs_parts
+from data_prep.higgs import NUM_FEATURES, HiggsCorpus, higgs_parts
 from data_prep.writer import Part
 from sma.config import ConfigError, TaskConfig
 from sma.data.storage import filesystem
@@ -31,6 +31,7 @@ HIGGS_TEST_ROWS = 500_000  # UCI: "The last 500,000 examples are used as a test 
 HIGGS_MIN_VALID = 1_000
 NAMES = ("higgs", "higgs_small")
 METRICS = ("accuracy", "roc_auc")
+Rows = tuple[np.ndarray, np.ndarray, list[str]]  # x (N, 28, 1) float32, labels (N,) int64, ids
 
 
 def valid_size(train_labels: int, pool: int) -> int:
@@ -58,18 +59,20 @@ def _collect(part: Part, keep: set[int] | None = None, limit: int = 0,
         numbers.append(i)
         if limit and len(ys) >= limit:
             break
-    x = np.stack(xs) if xs else np.zeros((0, 28, 1), np.float32)
+    x = np.stack(xs) if xs else np.zeros((0, NUM_FEATURES, 1), np.float32)
     return x, np.array(ys, dtype=np.int64), ids, np.array(numbers, dtype=np.int64)
 
 
-def _subset(rows: tuple, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    x, y, ids, _ = rows
-    return x[mask], y[mask], [ids[i] for i in np.flatnonzero(mask)]
+def _take(rows: tuple, keep: np.ndarray) -> Rows:
+    """The rows of ``_collect``'s result picked by a boolean mask or index array (x, labels, ids)."""
+    x, y, ids = rows[:3]
+    return x[keep], y[keep], [ids[i] for i in np.arange(len(ids))[keep]]
 
 
 def _parts(cfg: TaskConfig) -> tuple[list[Part], dict]:
     if not cfg.path:
-        raise ConfigError(f"task.path: is required: {'HIGGS.csv.gz' if cfg.name == 'higgs' else 'the HIGGS-small folder'}")
+        what = "HIGGS.csv.gz" if cfg.name == "higgs" else "the HIGGS-small folder"
+        raise ConfigError(f"task.path: is required: {what}")
     if cfg.train_labels < 0:
         raise ConfigError(f"task.train_labels: must be >= 0 (0: all), got {cfg.train_labels}")
     fs, local = filesystem(cfg.path)
@@ -86,41 +89,49 @@ def _parts(cfg: TaskConfig) -> tuple[list[Part], dict]:
         raise InputError(f"{cfg.path}: {e}") from None
 
 
+def _csv_splits(cfg: TaskConfig, parts: list[Part], rule: str) -> tuple[dict[str, Rows], str, dict[str, int]]:
+    train_part, test_part = parts
+    pool = train_part.rows[1] - train_part.rows[0]
+    n_valid = valid_size(cfg.train_labels, pool)
+    n_train = cfg.train_labels or pool - n_valid
+    if n_train + n_valid > pool:
+        raise ConfigError(f"task.train_labels: {n_train} labels + {n_valid} validation rows exceed the "
+                          f"{pool} training rows of {cfg.path}")
+    train_idx, valid_idx = seeded_subset(pool, [n_train, n_valid], cfg.split_seed)
+    rows = _collect(train_part, set(train_idx) | set(valid_idx))  # one pass for both
+    in_train = np.isin(rows[3], train_idx)
+    data = {"train": _take(rows, in_train), "valid": _take(rows, ~in_train),
+            "test": _collect(test_part, None, cfg.max_rows)[:3]}
+    split_mode = f"{rule}; train {n_train} + valid {n_valid} seeded rows of the rest (seed {cfg.split_seed})"
+    return data, split_mode, {cfg.path: test_part.rows[1]}
+
+
+def _small_splits(cfg: TaskConfig, parts: list[Part]) -> tuple[dict[str, Rows], str, dict[str, int]]:
+    data = {}
+    for part in parts:
+        split = "valid" if part.split == "val" else part.split
+        data[split] = _collect(part, None, cfg.max_rows if split == "test" else 0)[:3]
+    rows_read = {p.source: len(data["valid" if p.split == "val" else p.split][1]) for p in parts}
+    split_mode = "files"
+    if cfg.train_labels:
+        n = len(data["train"][1])
+        if cfg.train_labels > n:
+            raise ConfigError(f"task.train_labels: {cfg.train_labels} exceeds the {n} train rows of {cfg.path}")
+        keep, = seeded_subset(n, [cfg.train_labels], cfg.split_seed)
+        data["train"] = _take(data["train"], np.array(keep, dtype=np.int64))
+        split_mode = f"files; train {cfg.train_labels} seeded rows (seed {cfg.split_seed})"
+    return data, split_mode, rows_read
+
+
 def load(cfg: TaskConfig, max_len: int) -> TaskData:
     parts, extra = _parts(cfg)
-    data: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
     if cfg.name == "higgs":
-        train_part, test_part = parts
-        pool = train_part.rows[1] - train_part.rows[0]
-        n_valid = valid_size(cfg.train_labels, pool)
-        n_train = cfg.train_labels or pool - n_valid
-        if n_train + n_valid > pool:
-            raise ConfigError(f"task.train_labels: {n_train} labels + {n_valid} validation rows exceed the "
-                              f"{pool} training rows of {cfg.path}")
-        train_idx, valid_idx = seeded_subset(pool, [n_train, n_valid], cfg.split_seed)
-        rows = _collect(train_part, set(train_idx) | set(valid_idx))  # one pass for both
-        in_train = np.isin(rows[3], train_idx)
-        data["train"], data["valid"] = _subset(rows, in_train), _subset(rows, ~in_train)
-        data["test"] = _collect(test_part, None, cfg.max_rows)[:3]
-        split_mode = (f"{extra['split_rule']}; train {n_train} + valid {n_valid} seeded rows of the rest "
-                      f"(seed {cfg.split_seed})")
+        data, split_mode, rows_read = _csv_splits(cfg, parts, extra["split_rule"])
     else:
-        for part in parts:
-            data["valid" if part.split == "val" else part.split] = _collect(part)[:3]
-        split_mode = "files"
-        if cfg.train_labels:
-            x, y, ids = data["train"]
-            if cfg.train_labels > len(y):
-                raise ConfigError(f"task.train_labels: {cfg.train_labels} exceeds the {len(y)} train rows")
-            keep, = seeded_subset(len(y), [cfg.train_labels], cfg.split_seed)
-            data["train"] = (x[keep], y[keep], [ids[i] for i in keep])
-            split_mode = f"files; train {cfg.train_labels} seeded rows (seed {cfg.split_seed})"
-        if cfg.max_rows:
-            x, y, ids = data["test"]
-            data["test"] = (x[:cfg.max_rows], y[:cfg.max_rows], ids[:cfg.max_rows])
+        data, split_mode, rows_read = _small_splits(cfg, parts)
     splits, stats = continuous_splits(cfg.name, split_mode, {s: d[0] for s, d in data.items()},
                                       {s: d[1] for s, d in data.items()}, {s: d[2] for s, d in data.items()})
-    info = {"source_files": sorted({p.source for p in parts}), "split_sizes": {s: len(d[1]) for s, d in data.items()},
-            "feature_stats": stats, **extra}
+    info = {"source_files": sorted({p.source for p in parts}), "rows_read": rows_read, "rows_dropped": {},
+            "split_sizes": {s: len(d[1]) for s, d in data.items()}, "feature_stats": stats, **extra}
     return TaskData(name=cfg.name, kind="classification", num_outputs=2, modality="continuous", metrics=METRICS,
                     split_mode=split_mode, splits=splits, label_names=["0", "1"], info=info)

@@ -131,7 +131,7 @@ def split_mode_text(cfg: TaskConfig, split: str) -> str:
 # ---- values ------------------------------------------------------------------------------------------
 
 def class_key(value: Any) -> str:
-    """A classification label as text: integers (also 3.0 or "3") by their digits, strings stripped."""
+    """A classification label as text: integers (also a float such as 3.0) by their digits, strings stripped."""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, float) and value.is_integer():
@@ -140,15 +140,15 @@ def class_key(value: Any) -> str:
 
 
 def number(value: Any, where: str, what: str) -> float:
-    """A finite number from a cell (NaN counts as missing upstream); anything else names the cell."""
+    """A finite number from a cell; anything else (text, NaN, inf) is an ``InputError`` naming the cell."""
     if isinstance(value, bool):
         raise InputError(f"{where}: {what} must be a number, got {value!r}")
     try:
         x = float(value)
     except (TypeError, ValueError):
         raise InputError(f"{where}: {what} must be a number, got {value!r}") from None
-    if math.isinf(x):
-        raise InputError(f"{where}: {what} must be finite, got {value!r}")
+    if not math.isfinite(x):
+        raise InputError(f"{where}: {what} must be a finite number, got {value!r}")
     return x
 
 

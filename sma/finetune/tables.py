@@ -1,6 +1,7 @@
 """Labelled tables from any fsspec URL: CSV, TSV, JSON lines and parquet (``.gz``/``.bz2``/``.xz``
-compressed text is decompressed; a UTF-8 byte-order mark, as on GLUE's MRPC files, is dropped). A ``Table`` keeps every row with its location ("line 12", "row 7")
-so that an error names the file, the row and the column.
+compressed text is decompressed; a UTF-8 byte-order mark, as on GLUE's MRPC files, is dropped).
+A ``Table`` keeps every row with its location ("line 12", "row 7") so that an error names the file,
+the row and the column.
 """
 
 from __future__ import annotations

@@ -67,6 +67,10 @@ def paper_figures(cfg: TaskConfig) -> dict[str, float]:
     return dict(PAPER.get(key, {}))
 
 
+def _module(name: str) -> str:
+    return next(m.__name__.rsplit(".", 1)[1] for m in (higgs, tape, glue) if name in m.NAMES)
+
+
 def load_task(cfg: TaskConfig, max_len: int) -> TaskData:
     """Read, encode and split the task's data. Bad or missing settings raise ``sma.config.ConfigError``
     (the message starts with the key); bad data raise ``sma.inputs.InputError`` (file, row, column)."""
@@ -74,6 +78,9 @@ def load_task(cfg: TaskConfig, max_len: int) -> TaskData:
         raise ConfigError(f"task.name: {cfg.name!r} is not one of {', '.join(TASK_NAMES)}")
     if max_len < 2:
         raise ConfigError(f"model.max_len: must be >= 2 to hold a byte and [SEP], got {max_len}")
+    if cfg.split and cfg.name not in ("table", *moleculenet.NAMES):
+        raise ConfigError(f"task.split: {cfg.name} has fixed splits (see sma.finetune.{_module(cfg.name)}); "
+                          f"leave it unset (got {cfg.split!r})")
     data = LOADERS[cfg.name](cfg, max_len)
     data.paper = paper_figures(cfg)
     log.info("%s", data.summary())
