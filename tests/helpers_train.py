@@ -14,6 +14,7 @@ from sma.train.env import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = REPO / "train" / "pretrain.py"
+FINETUNE = REPO / "train" / "finetune.py"
 TINY = str(REPO / "configs" / "tiny_text.yaml")
 # Short, checkpointed and logged every step: what the multi-process tests compare.
 TINY_RUN = ["max_steps=24", "checkpoint_every=8", "keep_last=2", "log_every=1", "eval_every=12",
@@ -44,16 +45,17 @@ class Job:
 
 
 def start(nprocs: int, overrides: list[str], *, launcher: str = "deepspeed", config: str = TINY,
-          env: dict[str, str] | None = None, preexec_fn=None) -> Job:
-    """Start ``nprocs`` ranks of pretraining with ``launcher`` (deepspeed | torchrun); ``preexec_fn`` runs in
-    the launcher's process before it starts (limits set there apply to every rank)."""
+          env: dict[str, str] | None = None, preexec_fn=None, script: Path = PRETRAIN) -> Job:
+    """Start ``nprocs`` ranks of ``script`` (pretraining, or ``FINETUNE``) with ``launcher`` (deepspeed |
+    torchrun); ``preexec_fn`` runs in the launcher's process before it starts (limits set there apply to
+    every rank)."""
     port = free_port()
     if launcher == "deepspeed":
         cmd = ["deepspeed", "--num_gpus", str(nprocs), "--master_port", str(port)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nprocs),
                "--master_addr", "127.0.0.1", "--master_port", str(port)]
-    cmd += [str(PRETRAIN), "--config", config, *overrides]
+    cmd += [str(script), "--config", config, *overrides]
     run_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run_dir="))
     log = Path(run_dir).with_name(Path(run_dir).name + ".log")
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

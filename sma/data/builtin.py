@@ -94,14 +94,27 @@ def feature_stats(samples: tuple[Sample, ...]) -> tuple[np.ndarray, np.ndarray] 
 
 
 class MemoryStream(EpochStream):
-    """An in-memory corpus; the epoch order is a seeded permutation (or the stored order)."""
+    """An in-memory corpus; the epoch order is a seeded permutation (or the stored order).
 
-    def __init__(self, samples: tuple[Sample, ...], plan: Plan, rank: int, collate, seed: int, shuffle: bool):
+    ``step_share`` (samples per rank and optimizer step, with a single reader role): the epoch order is
+    cut into global batches first, and rank r takes the r-th share of each, so every optimizer step sees
+    the same samples on any number of ranks (a global-batch recipe then trains alike on 1 or N ranks).
+    Without it each rank reads one contiguous range of the order."""
+
+    def __init__(self, samples: tuple[Sample, ...], plan: Plan, rank: int, collate, seed: int, shuffle: bool,
+                 step_share: int = 0):
         super().__init__(plan, rank, collate)
-        self.samples, self.seed, self.shuffle = samples, seed, shuffle
+        if step_share and (plan.num_roles != 1 or plan.batches_per_rank * plan.batch_size % step_share):
+            raise ValueError(f"step_share={step_share} needs one reader role and whole steps per epoch")
+        self.samples, self.seed, self.shuffle, self.step_share = samples, seed, shuffle, step_share
 
     def role_samples(self, epoch: int, role: int, start: int, stop: int, skip: int) -> Iterator[Sample]:
         n = len(self.samples)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if self.step_share:
+            world, share = self.plan.world_size, self.step_share
+            used = (stop - start) * world  # this epoch's samples over all ranks, whole global batches
+            order = order[:used].reshape(-1, world, share)[:, self.rank].reshape(-1)
+            start, stop = 0, stop - start
         for i in order[start + skip : stop]:
             yield self.samples[i]

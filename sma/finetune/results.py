@@ -40,8 +40,9 @@ def summarize(cfg: TrainConfig, task: Any, init: str, trials: list[dict[str, Any
     selection = [{"lr": lr, "valid": _mean_std([t["best"][f"valid_{metric}"] for t in ts])} for lr, ts in by_lr.items()]
     chosen = max(selection, key=lambda s: sign * s["valid"]["mean"])["lr"]
     test = {m: _mean_std([t["best"][f"test_{m}"] for t in by_lr[chosen]]) for m in task.metrics}
+    name = f"table:{Path(cfg.task.path).name}" if task.name == "table" else task.name  # the user's file
     results = {
-        "task": task.name, "kind": task.kind, "split_mode": task.split_mode, "metrics": list(task.metrics),
+        "task": name, "kind": task.kind, "split_mode": task.split_mode, "metrics": list(task.metrics),
         "selection_metric": metric, "init": init, "mode": cfg.finetune.mode, "paper": dict(task.paper),
         "sizes": {s: len(task.splits[s]) for s in ("train", "valid", "test")}, "info": task.info,
         "lr_selection": selection, "chosen_lr": chosen, "test": test, "trials": trials,

@@ -142,7 +142,7 @@ class Finetuner(Trainer):
 
         self.sign = 1.0 if higher_is_better(self.metric) else -1.0
         super().__init__(cfg, env)
-        if init.weights is not None:
+        if init.weights is not None and self.step == 0:  # a resumed trial continues from its own weights
             self._check_encoder_loaded()
 
     # -- model ------------------------------------------------------------------------------------
@@ -188,10 +188,14 @@ class Finetuner(Trainer):
 
     # -- data -------------------------------------------------------------------------------------
     def build_loader(self) -> Any:
-        micro = self.cfg.data.micro_batch_size
+        """Whole optimizer steps per epoch (the leftover rows of the seeded epoch order are left out of that
+        epoch), each step the same global batch on any number of ranks."""
+        micro, accum, world = self.cfg.data.micro_batch_size, self.engine.gradient_accumulation_steps(), \
+            self.env.world_size
         samples = samples_of(self.task.splits["train"], self.scale)
-        plan = Plan(len(samples), self.env.world_size, 1, micro)
-        stream = MemoryStream(samples, plan, self.env.rank, self.collate, self.cfg.seed, shuffle=True)
+        plan = Plan(self.steps_per_epoch * micro * accum * world, world, 1, micro)
+        stream = MemoryStream(samples, plan, self.env.rank, self.collate, self.cfg.seed, shuffle=True,
+                              step_share=micro * accum)
         return EpochLoader(stream, 0, True, f"task:{self.task.name}:train")
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, Any]]:
