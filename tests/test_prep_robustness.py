@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from data_prep import text
 from sma.inputs import InputError
-from test_prep_formats import FORMATS, read_back, write_jsonl
+from test_prep_formats import FORMATS, read_back, write_books, write_jsonl, write_smiles
 
 pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
 
@@ -198,3 +199,52 @@ def test_killed_run_leaves_nothing_readers_accept_and_a_rerun_completes_it(tmp_p
     assert "2 part(s) to write, 1 already complete and verified" in caplog.text
     prep(srcs, tmp_path / "clean", "wds")
     assert read_back(str(dst / "train"), "wds", 64) == read_back(str(tmp_path / "clean" / "train"), "wds", 64)
+
+
+# ---- inputs that give no samples -------------------------------------------------------------------
+
+def empty_input(kind: str, folder: Path) -> tuple[Any, Path]:
+    """``(command module, an input of that kind that yields no sample)``."""
+    from data_prep import smiles
+
+    if kind == "plain":  # blank lines only
+        return text, write_books(folder / "book.txt", ["", "  ", ""])
+    if kind == "jsonl":
+        return text, write_jsonl(folder / "wiki.jsonl", [])
+    return smiles, write_smiles(folder / "guacamol_v1_train.smiles", [])  # one blank line
+
+
+@pytest.mark.parametrize("kind", ["plain", "jsonl", "smiles"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_run_whose_inputs_give_no_samples_is_a_clear_error_with_exit_code_2(tmp_path, kind, fmt, caplog):
+    module, src = empty_input(kind, tmp_path)
+    dst = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--src", str(src), "--dst", str(dst), "--format", fmt, "--quiet"])
+    assert exit_info.value.code == 2
+    records = {"plain": 0, "jsonl": 0, "smiles": 1}[kind]  # blank lines: no paragraph
+    counts = f"{records} record(s) read"
+    assert f"no samples: split train got none from its input(s) {src} ({counts}). Nothing was indexed" in caplog.text
+    assert not (dst / "manifest.json").exists() and not list(dst.rglob("index.json")) and not list(dst.rglob("shards.json"))
+    with pytest.raises(InputError, match="not found"):
+        read_back(str(dst / "train"), fmt, 64)
+
+
+def test_an_input_without_samples_next_to_others_is_a_warning_recorded_in_the_manifest(tmp_path, caplog):
+    good = write_jsonl(tmp_path / "a.jsonl", docs(0))
+    empty = write_jsonl(tmp_path / "b.jsonl", [])
+    manifest = prep([str(empty), str(good)], tmp_path / "out", "mds")  # the empty input is part 0: a new folder
+    info = manifest["splits"]["train"]
+    assert info["warnings"] == [f"{empty}: no samples (0 record(s) read)"]
+    assert [p["samples"] > 0 for p in info["parts"]] == [False, True]
+    assert f"{empty}: no samples (0 record(s) read)" in caplog.text
+    assert "\t".join(read_back(str(tmp_path / "out" / "train"), "mds", 64)).count("file 0 doc") == 40
+
+
+def test_the_command_exits_with_status_2_when_no_input_gives_samples(tmp_path):
+    src = write_jsonl(tmp_path / "empty.jsonl", [])
+    proc = subprocess.run([sys.executable, "-m", "data_prep.text", "--src", str(src), "--dst", str(tmp_path / "out"),
+                           "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"no samples: split train got none from its input(s) {src} (0 record(s) read)" in proc.stderr
+    assert "Traceback" not in proc.stderr
