@@ -1,0 +1,95 @@
+"""Checks the readers make before training starts: whether the samples the manifest records fit the model
+(``model.max_len``, ``model.d_raw``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import higgs, text
+from sma.config import ConfigError, load_config
+from sma.data import build_loader
+from sma.data.streaming_import import import_streaming
+from sma.inputs import InputError
+from test_prep_formats import FORMATS, read_back, write_higgs_small, write_jsonl
+
+pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
+
+
+def prep(dst: Path, fmt: str, *extra: str, docs: int = 60) -> str:
+    src = write_jsonl(dst.parent / f"{dst.name}.jsonl", [f"doc {i} " + "abc " * (i % 23) for i in range(docs)])
+    text.main(["--src", str(src), "--dst", str(dst), "--format", fmt, "--window", "64", "--shard-bytes", "2048",
+               "--shard-samples", "8", "--quiet", *extra])
+    return str(dst / "train")
+
+
+def config(fmt: str, train: str, tmp: Path, *over: str, eval_url: str = ""):
+    return load_config(None, [f"data.format={fmt}", f"data.train_url={train}", f"data.eval_url={eval_url or train}",
+                              "model.max_len=64", "model.num_latents=16", "data.micro_batch_size=2",
+                              f"run_dir={tmp}/run", *over])
+
+
+# ---- samples vs the model --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_eval_split_longer_than_max_len_is_found_at_start_naming_key_split_and_url(tmp_path, fmt):
+    dst = tmp_path / "out"
+    train = prep(dst, fmt)  # --window 64
+    src = write_jsonl(tmp_path / "eval.jsonl", ["x" * 200, "y" * 20])
+    text.main(["--src", str(src), "--dst", str(dst), "--format", fmt, "--window", "128", "--split", "eval", "--quiet"])
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["settings"]["window"] == 128  # the last run's
+    assert (manifest["splits"]["train"]["settings"]["window"], manifest["splits"]["eval"]["settings"]["window"]) == (64, 128)
+    assert (manifest["splits"]["train"]["longest"], manifest["splits"]["eval"]["longest"]) == (64, 128)
+    cfg = config(fmt, train, tmp_path, eval_url=str(dst / "eval"))
+    build_loader(cfg, "train", 0, 1)  # the later run's window is not claimed for the train split
+    with pytest.raises(ConfigError) as err:
+        build_loader(cfg, "eval", 0, 1)
+    assert str(err.value) == (
+        f"model.max_len: 64 is shorter than the samples of the eval split (data.eval_url={dst}/eval): up to 128 ids "
+        "(data_prep --window 128); raise model.max_len to at least 128, or re-prep that split with --window 64 or less")
+    build_loader(config(fmt, train, tmp_path, "model.max_len=128", eval_url=str(dst / "eval")), "eval", 0, 1)
+
+
+def test_a_manifest_with_the_window_only_at_top_level_is_still_read(tmp_path):
+    url = prep(tmp_path / "out", "mds")
+    manifest_path = tmp_path / "out" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for info in manifest["splits"].values():  # as earlier versions wrote it
+        for key in ("settings", "longest", "d_raw", "dropped", "dropped_what", "compression", "warnings"):
+            del info[key]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"model.max_len: 32 is shorter than the samples of the train split "
+                                          rf"\(data.train_url={url}\): windows of up to 64 ids"):
+        build_loader(config("mds", url, tmp_path, "model.max_len=32"), "train", 0, 1)
+
+
+def test_handmade_shards_without_a_manifest_fail_when_the_batch_is_built(tmp_path):
+    out = tmp_path / "handmade"
+    with import_streaming().MDSWriter(out=str(out), columns={"ids": "ndarray:int16"}, hashes=["sha1"],
+                                      progress_bar=False) as w:
+        for _ in range(4):
+            w.write({"ids": np.full(100, 7, dtype=np.int16)})
+    loader = build_loader(config("mds", str(out), tmp_path), "train", 0, 1)  # no manifest: nothing to check
+    with pytest.raises(InputError, match="length 100 does not fit the padded length 64"):
+        next(iter(loader))
+
+
+def test_continuous_tokens_and_d_raw_are_checked_against_the_model(tmp_path):
+    higgs.main(["--src", str(write_higgs_small(tmp_path / "small")), "--dst", str(tmp_path / "out"), "--quiet"])
+    url = str(tmp_path / "out" / "train")
+    base = ["model.modality=continuous", "model.encoder=transformer", "model.d_embed=64"]
+    with pytest.raises(ConfigError) as err:
+        build_loader(config("mds", url, tmp_path, *base, "model.max_len=16"), "train", 0, 1)
+    assert str(err.value) == (f"model.max_len: 16 is shorter than the samples of the train split (data.train_url={url}),"
+                              " which have 28 tokens; set model.max_len to at least 28")
+    with pytest.raises(ConfigError) as err:
+        build_loader(config("mds", url, tmp_path, *base, "model.max_len=32", "model.d_raw=3"), "train", 0, 1)
+    assert str(err.value) == (f"model.d_raw: 3, but the samples of the train split (data.train_url={url}) have 1 "
+                              "value(s) per token; set model.d_raw=1")
+    loader = build_loader(config("mds", url, tmp_path, *base, "model.max_len=32"), "train", 0, 1)
+    assert next(iter(loader)).inputs.shape == (2, 32, 1)
+
