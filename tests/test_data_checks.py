@@ -1,9 +1,13 @@
-"""Checks the readers make before training starts: whether the samples the manifest records fit the model
-(``model.max_len``, ``model.d_raw``)."""
+"""Checks the readers make before training starts: MDS shard hashes (``data.validate_hash``) and whether the
+samples the manifest records fit the model (``model.max_len``, ``model.d_raw``)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from sma.config import ConfigError, load_config
 from sma.data import build_loader
 from sma.data.streaming_import import import_streaming
 from sma.inputs import InputError
+from sma.train.env import free_port
 from test_prep_formats import FORMATS, read_back, write_higgs_small, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
@@ -30,6 +35,55 @@ def config(fmt: str, train: str, tmp: Path, *over: str, eval_url: str = ""):
     return load_config(None, [f"data.format={fmt}", f"data.train_url={train}", f"data.eval_url={eval_url or train}",
                               "model.max_len=64", "model.num_latents=16", "data.micro_batch_size=2",
                               f"run_dir={tmp}/run", *over])
+
+
+def flip(path: Path, at: int, mask: int = 0xFF, count: int = 4) -> None:
+    """Alter bytes of a file in place, keeping its size (what a bad disk or a bad copy leaves)."""
+    data = bytearray(path.read_bytes())
+    data[at : at + count] = bytes(b ^ mask for b in data[at : at + count])
+    path.write_bytes(bytes(data))
+
+
+# ---- data.validate_hash ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_validate_hash_checks_a_local_mds_folder_before_the_dataset_is_made(tmp_path, compression):
+    url = prep(tmp_path / "out", "mds", *(["--compression"] if compression else []))
+    shard = Path(url) / "part-00000" / ("shard.00001.mds" + (".zstd" if compression else ""))
+    flip(shard, shard.stat().st_size // 2)
+    with pytest.raises(InputError) as err:
+        build_loader(config("mds", url, tmp_path, "data.validate_hash=true"), "train", 0, 1)
+    assert str(err.value) == (
+        f"data.validate_hash: 1 shard file(s) of {url} fail their check against {url}/index.json: "
+        f"part-00000/{shard.name} (sha1 mismatch); re-run the data_prep command that wrote them (it rewrites the "
+        "parts whose files fail their checksums) or restore the files")
+    build_loader(config("mds", url, tmp_path), "train", 0, 1)  # not asked: nothing is hashed up front
+
+
+def test_validate_hash_refuses_an_mds_index_without_sha1(tmp_path):
+    out = tmp_path / "handmade"
+    with import_streaming().MDSWriter(out=str(out), columns={"ids": "ndarray:int16"}, progress_bar=False) as w:
+        for i in range(8):
+            w.write({"ids": np.arange(6, 16 + i, dtype=np.int16)})
+    with pytest.raises(InputError, match=r"shard.00000.mds \(the index records no sha1 for it\); data_prep writes a "
+                                         r"sha1 for every shard: re-prep the data with it, or set data.validate_hash=false"):
+        build_loader(config("mds", str(out), tmp_path, "data.validate_hash=true"), "train", 0, 1)
+    assert len(read_back(str(out), "mds", 64)) == 8  # without validate_hash, it reads
+
+
+def test_validate_hash_checks_remote_mds_shards_already_in_the_cache(s3, tmp_path):
+    prep(tmp_path / "local", "mds")  # the same shards, written to S3 below
+    text.main(["--src", str(tmp_path / "local.jsonl"), "--dst", s3.url("mds"), "--window", "64", "--shard-bytes",
+               "2048", "--quiet"])
+    url, cache = s3.url("mds", "train"), tmp_path / "cache"
+    expected = read_back(url, "mds", 64, cache_dir=str(cache), validate_hash="true")  # downloads every shard
+    cached = next(cache.rglob("part-00000/shard.00001.mds"))
+    flip(cached, 100)
+    with pytest.raises(InputError, match=r"part-00000/shard.00001.mds \(sha1 mismatch\); delete the cache folder "
+                                         f"{cached.parents[1]} so they are downloaded again"):
+        read_back(url, "mds", 64, cache_dir=str(cache), validate_hash="true")
+    shutil.rmtree(cached.parents[1])  # what the message says to do
+    assert read_back(url, "mds", 64, cache_dir=str(cache), validate_hash="true") == expected
 
 
 # ---- samples vs the model --------------------------------------------------------------------------
@@ -93,3 +147,44 @@ def test_continuous_tokens_and_d_raw_are_checked_against_the_model(tmp_path):
     loader = build_loader(config("mds", url, tmp_path, *base, "model.max_len=32"), "train", 0, 1)
     assert next(iter(loader)).inputs.shape == (2, 32, 1)
 
+
+RANK_SCRIPT = """
+import faulthandler, sys
+faulthandler.dump_traceback_later(60, exit=True)  # a rank left waiting shows where, then fails
+import torch.distributed as dist
+from sma.config import load_config
+from sma.data import build_loader
+from sma.inputs import InputError
+url, run_dir, rank, out = sys.argv[1:5]
+dist.init_process_group("gloo")
+cfg = load_config(None, ["data.format=mds", f"data.train_url={url}", "model.max_len=64", "model.num_latents=16",
+                         "data.micro_batch_size=2", f"run_dir={run_dir}", "data.validate_hash=true"])
+try:
+    build_loader(cfg, "train", int(rank), 2)
+    message = "built"
+except InputError as e:
+    message = str(e)
+open(out, "w").write(message)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_validate_hash_on_two_ranks_both_ranks_get_the_local_leaders_verdict(tmp_path):
+    url = prep(tmp_path / "out", "mds")
+    flip(Path(url) / "part-00000" / "shard.00000.mds", 300)
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, url, str(tmp_path / "run"), str(rank),
+                                       str(tmp_path / f"rank{rank}.txt")], env=env))
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert messages[0] == messages[1] and "part-00000/shard.00000.mds (sha1 mismatch)" in messages[0]
