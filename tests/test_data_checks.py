@@ -1,4 +1,4 @@
-"""Checks the readers make before training starts: MDS shard hashes (``data.validate_hash``) and whether the
+"""Checks the readers make before training starts: shard hashes (``data.validate_hash``) and whether the
 samples the manifest records fit the model (``model.max_len``, ``model.d_raw``)."""
 
 from __future__ import annotations
@@ -84,6 +84,35 @@ def test_validate_hash_checks_remote_mds_shards_already_in_the_cache(s3, tmp_pat
         read_back(url, "mds", 64, cache_dir=str(cache), validate_hash="true")
     shutil.rmtree(cached.parents[1])  # what the message says to do
     assert read_back(url, "mds", 64, cache_dir=str(cache), validate_hash="true") == expected
+
+
+def test_validate_hash_checks_each_tar_shard_against_shards_json_before_its_samples_are_used(tmp_path):
+    url = prep(tmp_path / "out", "wds")
+    shard = Path(url) / "part-00000-000002.tar"
+    flip(shard, 700, mask=1, count=1)  # one id of the first sample changed by one: it still decodes
+    good = read_back(url, "wds", 64)  # not asked: the altered shard is read as if intact
+    assert len(good) > 16
+    loader = build_loader(config("wds", url, tmp_path, "data.validate_hash=true", "data.shuffle=false"), "eval", 0, 1)
+    batches = iter(loader)
+    for _ in range(8):  # shards 0 and 1 (8 samples each, 2 per batch) verify and are read
+        next(batches)
+    with pytest.raises(InputError) as err:
+        next(batches)
+    assert str(err.value) == (
+        f"data.validate_hash: tar shard {shard} fails its check against shards.json (sha256 mismatch); re-run the "
+        "data_prep command that wrote it (it rewrites the parts whose files fail their checksums) or restore the file")
+
+
+def test_validate_hash_refuses_a_shards_json_without_sha256(tmp_path):
+    url = prep(tmp_path / "out", "wds")
+    index = json.loads((Path(url) / "shards.json").read_text())
+    for s in index["shards"]:
+        del s["sha256"]
+    (Path(url) / "shards.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match=r"records no sha256 \(or size\) for .*part-00000-000000.tar, .*; data_prep "
+                                         "records both for every shard"):
+        build_loader(config("wds", url, tmp_path, "data.validate_hash=true"), "train", 0, 1)
+    assert len(read_back(url, "wds", 64)) > 16
 
 
 # ---- samples vs the model --------------------------------------------------------------------------
