@@ -1,5 +1,5 @@
-"""Checks the readers make before training starts: shard hashes (``data.validate_hash``) and whether the
-samples the manifest records fit the model (``model.max_len``, ``model.d_raw``)."""
+"""Checks the readers make before data is used: shard hashes (``data.validate_hash``), and, when a loader is
+built, whether the samples the manifest records fit the model (``model.max_len``, ``model.d_raw``)."""
 
 from __future__ import annotations
 
