@@ -4,10 +4,7 @@ built, whether the samples the manifest records fit the model (``model.max_len``
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ from sma.config import ConfigError, load_config
 from sma.data import build_loader
 from sma.data.streaming_import import import_streaming
 from sma.inputs import InputError
-from sma.train.env import free_port
+from test_data_readers import run_two_ranks
 from test_prep_formats import FORMATS, read_back, write_higgs_small, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
@@ -194,6 +191,7 @@ try:
 except InputError as e:
     message = str(e)
 open(out, "w").write(message)
+dist.barrier()  # as the trainer's shutdown does: no rank tears down while the other is in a collective
 dist.destroy_process_group()
 """
 
@@ -202,18 +200,6 @@ dist.destroy_process_group()
 def test_validate_hash_on_two_ranks_both_ranks_get_the_local_leaders_verdict(tmp_path):
     url = prep(tmp_path / "out", "mds")
     flip(Path(url) / "part-00000" / "shard.00000.mds", 300)
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, url, str(tmp_path / "run"), str(rank),
-                                       str(tmp_path / f"rank{rank}.txt")], env=env))
-    try:
-        assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    outputs = run_two_ranks(RANK_SCRIPT, [url, str(tmp_path / "run")], tmp_path)
+    messages = [out.read_text() for out in outputs]
     assert messages[0] == messages[1] and "part-00000/shard.00000.mds (sha1 mismatch)" in messages[0]
