@@ -65,11 +65,12 @@ def parts_by_split(sources_with_split: list[tuple[str, str]]) -> list[Part]:
 
 def execute(corpus: Corpus, parts: list[Part], args: argparse.Namespace, argv: list[str] | None, prog: str,
             extra: dict | None = None) -> dict:
-    """Run the writer; bad input exits with its message (file and record) and status 1."""
+    """Run the writer; bad input exits with its message (file and record) and status 1, a split that got
+    no samples from its inputs with status 2."""
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return run(corpus, parts, options(args, argv, prog), extra)
     except PrepError as e:
         logging.getLogger("data_prep").error("%s", e)
-        raise SystemExit(1) from None
+        raise SystemExit(e.exit_code) from None

@@ -6,10 +6,13 @@ Inputs, recognized by name:
                          ``primary``, ``protein_length``, ``clan``, ``family``. Local folders only
                          (LMDB memory-maps its file). The pickles are TAPE's; only unpickle files you trust.
   *.json                 TAPE's JSON (one array of record dicts; streamed with ijson, never loaded whole)
-  *.fasta, *.fa[.gz]     Pfam-A FASTA, gzipped or not
+  *.fasta, *.fa, *.faa[.gz]  Pfam-A (or any protein) FASTA, gzipped or not
 The split comes from the file name (train / valid / holdout), else --split.
-Sequences of --longer-than residues or fewer are dropped (default 50, as in the SMA paper); a sequence
-longer than --window - 1 residues is cut into consecutive windows.
+Residues are letters (the 20 amino acids and IUPAC's B Z J X U O; lower case is upper-cased); a final
+'*' (a stop codon, as genome annotation writes it) is stripped. Any other character is a malformed
+record, reported by its line in the file, its position in the sequence and its value.
+Sequences of --longer-than residues or fewer are dropped and counted (default 50, as in the SMA paper);
+a sequence longer than --window - 1 residues is cut into consecutive windows.
 
     python -m data_prep.pfam --src pfam/pfam_*.lmdb --dst s3://bucket/pfam --format mds --workers 3
 """
@@ -17,11 +20,12 @@ longer than --window - 1 residues is cut into consecutive windows.
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from data_prep.cli import execute, parser, parts_by_split, sources, split_from_name
-from data_prep.sources import decode_utf8, numbered_lines
+from data_prep.sources import numbered_lines
 from data_prep.writer import Part, WindowCorpus
 from sma.data.storage import is_local, local_path, open_url
 
@@ -69,21 +73,58 @@ def json_records(url: str, endpoint_url: str) -> Iterator[tuple[str, Any]]:
             yield f"record {i + 1}", ("json", ValueError(f"invalid JSON: {e}"))
 
 
+class ResidueError(ValueError):
+    """A character that is no residue, at ``position`` (1-based) of its sequence."""
+
+    def __init__(self, position: int, char: str):
+        super().__init__(f"residue {position} is {char!r}, not an amino-acid letter (A-Z, IUPAC codes "
+                         "included; a final '*' is stripped)")
+        self.position = position
+
+
+_NOT_RESIDUE = re.compile(r"[^A-Za-z]")
+
+
+def protein(seq: str) -> str:
+    """The residues of one sequence, upper-cased, without a terminal stop ``*`` (genome annotation ends
+    proteins with one). Every letter is kept: the 20 amino acids and IUPAC's ``B Z J X U O``."""
+    residues = seq[:-1] if seq.endswith("*") else seq
+    bad = _NOT_RESIDUE.search(residues)
+    if bad:
+        raise ResidueError(bad.start() + 1, bad.group())
+    return residues.upper()
+
+
 def fasta_records(url: str, endpoint_url: str) -> Iterator[tuple[str, Any]]:
-    """``("line N", (header, sequence))`` per FASTA entry, N being the header's line."""
-    header, where, seq = None, "", []
+    """``("line N", (header, sequence))`` per FASTA entry, N being the line of its first residue (of its
+    header if it has none); for an entry holding a character that is no residue, N is that
+    character's line and the record is the ``ResidueError``."""
+    header, header_at, lines = None, "", []
+
+    def entry() -> tuple[str, Any]:
+        seq = "".join(text for _, text in lines)
+        try:
+            protein(seq)
+        except ResidueError as e:
+            position = e.position
+            for where, text in lines:  # the line holding that residue
+                if position <= len(text):
+                    return where, ("fasta", e)
+                position -= len(text)
+        return (lines[0][0] if lines else header_at), ("fasta", (header, seq))
+
     for location, line in numbered_lines(url, endpoint_url):
         if line.startswith(b">"):
-            if header is not None or seq:
-                yield where, ("fasta", (header, b"".join(seq)))
-            header, where, seq = line[1:], location, []
+            if header is not None:
+                yield entry()
+            header, header_at, lines = line[1:], location, []
         elif line.strip():
             if header is None:
                 yield location, ("fasta", ValueError("sequence data before the first '>' header"))
                 continue
-            seq.append(line.strip())
+            lines.append((location, line.strip().decode("utf-8", errors="replace")))
     if header is not None:
-        yield where, ("fasta", (header, b"".join(seq)))
+        yield entry()
 
 
 class PfamCorpus(WindowCorpus):
@@ -93,6 +134,10 @@ class PfamCorpus(WindowCorpus):
     def __init__(self, window: int, longer_than: int):
         super().__init__(window)
         self.longer_than = longer_than
+
+    @property
+    def dropped_what(self) -> str:
+        return f"sequences of {self.longer_than} residues or fewer (--longer-than)"
 
     def keep(self, doc: str) -> bool:
         return len(doc) > self.longer_than
@@ -114,14 +159,10 @@ class PfamCorpus(WindowCorpus):
                 raise KeyError("record missing (num_examples says it exists)")
             value = pickle.loads(value)
         if kind == "fasta":
-            seq = decode_utf8(value[1])
-        else:
-            if not isinstance(value, dict) or not isinstance(value.get("primary"), str):
-                raise ValueError("expected a dict with a string 'primary' field")
-            seq = value["primary"]
-        if not seq.isalpha() or not seq.isascii():
-            raise ValueError(f"sequence has non-residue characters: {seq[:40]!r}")
-        return seq.upper()
+            return protein(value[1])
+        if not isinstance(value, dict) or not isinstance(value.get("primary"), str):
+            raise ValueError("expected a dict with a string 'primary' field")
+        return protein(value["primary"])
 
 
 def main(argv: list[str] | None = None) -> dict:

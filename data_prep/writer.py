@@ -52,6 +52,14 @@ ERRORS_KEPT = 20  # skipped-record messages kept per part in the manifest
 class PrepError(RuntimeError):
     """A run that cannot finish: bad input (with file and record) or failed parts."""
 
+    exit_code = 1  # of the ``python -m data_prep.<corpus>`` command
+
+
+class NoSamplesError(PrepError):
+    """A split got no samples from any of its inputs: nothing is indexed, so readers see no finished run."""
+
+    exit_code = 2
+
 
 @dataclass(frozen=True)
 class Part:
@@ -71,11 +79,16 @@ class Corpus:
     """How to read one corpus. Instances travel to worker processes, so they hold only plain data.
 
     ``records`` yields ``(location, raw)`` pairs, ``location`` naming the record for error messages
-    ("line 12", "record 7"); ``parse`` turns one raw record into an item or raises ``ValueError``/
-    ``KeyError``/``TypeError``; ``samples`` turns the stream of items into shard samples (windowing).
+    ("line 12", "record 7"); ``parse`` turns one raw record into an item (None: the record holds none)
+    or raises ``ValueError``/``KeyError``/``TypeError``; ``keep`` drops items the corpus does not want
+    (counted, described by ``dropped_what``); ``samples`` turns the stream of items into shard samples.
     """
 
     name = "corpus"
+    dropped_what = "items the corpus does not keep"
+
+    def keep(self, item: Any) -> bool:
+        return True
 
     def records(self, part: Part, endpoint_url: str) -> Iterator[tuple[str, Any]]:
         raise NotImplementedError
@@ -100,11 +113,8 @@ class WindowCorpus(Corpus):
     def __init__(self, window: int):
         self.window = window
 
-    def keep(self, doc: str) -> bool:
-        return True
-
     def samples(self, items: Iterator[str | None]) -> Iterator[Sample]:
-        for ids in pack_windows((d for d in items if d and self.keep(d)), self.window, self.pack):
+        for ids in pack_windows((d for d in items if d), self.window, self.pack):
             yield {"ids": ids}
 
 
@@ -126,7 +136,11 @@ class WriteOptions:
 class PartResult:
     part: Part
     samples: int = 0
-    skipped: int = 0
+    records: int = 0  # read from the input, including skipped and dropped ones
+    skipped: int = 0  # malformed (--on-error skip)
+    dropped: int = 0  # well-formed but not kept (Corpus.keep: Pfam's --longer-than)
+    longest: int | None = None  # tokens in the longest sample (None: recorded by an older version)
+    d_raw: int | None = None  # continuous samples: values per token
     errors: list[str] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)  # name, bytes, sha256
     fingerprint: str = ""
@@ -197,8 +211,9 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
 
         def items() -> Iterator[Any]:
             for location, raw in corpus.records(part, opts.endpoint_url):
+                result.records += 1
                 try:
-                    yield corpus.parse(raw)
+                    item = corpus.parse(raw)
                 except (ValueError, KeyError, TypeError, InputError) as e:
                     message = f"{part.source}: {location}: {type(e).__name__}: {e}"
                     if opts.on_error == "stop":
@@ -207,6 +222,13 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
                     if len(result.errors) < ERRORS_KEPT:
                         result.errors.append(message)
                     log.warning("skipped %s", message)
+                    continue
+                if item is not None and not corpus.keep(item):
+                    result.dropped += 1
+                    continue
+                yield item
+
+        result.longest = 0
 
         for sample in corpus.samples(items()):
             try:
@@ -214,8 +236,11 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
             except InputError as e:  # a corpus module bug rather than bad input: always stop
                 raise PrepError(str(e)) from None
             sink.write(sample)
+            tokens = sample["ids"] if "ids" in sample else sample["x"]
+            result.longest = max(result.longest, len(tokens))
             if "x" in sample:
                 stats.add(sample["x"])
+                result.d_raw = sample["x"].shape[1]
             result.samples += 1
             pending += 1
             pending_bytes += sum(np.asarray(v).nbytes for v in sample.values())
@@ -234,6 +259,7 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
 def _upload(staging: str, names: list[tuple[str, int | None]], part: Part, opts: WriteOptions, result: PartResult) -> None:
     fs, root = filesystem(join(opts.dst, part.split), opts.endpoint_url)
     _remove_part(fs, root, part)  # leftovers of an interrupted attempt
+    fs.makedirs(root, exist_ok=True)  # the record is written even for an input that gave no samples
     for name, samples in names:
         local = os.path.join(staging, name)
         with open(local, "rb") as f:
@@ -351,6 +377,16 @@ def _finalize(corpus, parts, results, opts, extra) -> dict[str, Any]:
     splits: dict[str, list[PartResult]] = {}
     for part in parts:
         splits.setdefault(part.split, []).append(results[part.index])
+    warnings = {s: [f"{r.part.source}: no samples {_counts(corpus, r)}" for r in res if not r.samples]
+                for s, res in splits.items()}
+    for message in (m for ms in warnings.values() for m in ms):
+        log.warning("%s", message)
+    empty = [s for s, res in splits.items() if not any(r.samples for r in res)]
+    if empty:  # before anything is indexed: readers must not accept a split without samples
+        inputs = {s: ", ".join(f"{r.part.source} {_counts(corpus, r)}" for r in splits[s]) for s in empty}
+        raise NoSamplesError("no samples: " + "; ".join(f"split {s} got none from its input(s) {inputs[s]}" for s in empty)
+                             + ". Nothing was indexed and no manifest was written: check --src (and the options "
+                             "that drop or skip records)")
     stats = _feature_stats(splits.get("train", []))
     for split, res in splits.items():
         fs, root = filesystem(join(opts.dst, split), opts.endpoint_url)
@@ -369,18 +405,40 @@ def _finalize(corpus, parts, results, opts, extra) -> dict[str, Any]:
         "format": opts.format,
         "compression": opts.compression,
         "command": opts.command,
-        "splits": {s: {"samples": sum(r.samples for r in res), "skipped_records": sum(r.skipped for r in res),
-                       "parts": [r.record() for r in res]} for s, res in splits.items()},
+        "splits": {s: _split_info(corpus, opts, res, warnings[s]) for s, res in splits.items()},
         "stats": stats,
         **extra,
     }
     fs, root = filesystem(opts.dst, opts.endpoint_url)
     _keep_other_splits(fs, join(root, "manifest.json"), manifest)
     _write_json(fs, join(root, "manifest.json"), manifest)
-    for s, info in manifest["splits"].items():
-        log.info("%s: %d samples in %d part(s), %d bad record(s) skipped", s, info["samples"],
-                 len(info["parts"]), info["skipped_records"])
+    for s in splits:
+        info = manifest["splits"][s]
+        log.info("%s: %d samples in %d part(s), %d bad record(s) skipped, %d dropped (%s)", s, info["samples"],
+                 len(info["parts"]), info["skipped_records"], info["dropped"], info["dropped_what"])
     return manifest
+
+
+def _counts(corpus: Corpus, r: PartResult) -> str:
+    counts = [f"{r.records} record(s) read"]
+    if r.skipped:
+        counts.append(f"{r.skipped} malformed skipped")
+    if r.dropped:
+        counts.append(f"{r.dropped} dropped: {corpus.dropped_what}")
+    return f"({', '.join(counts)})"
+
+
+def _split_info(corpus: Corpus, opts: WriteOptions, res: list[PartResult], warnings: list[str]) -> dict[str, Any]:
+    """A split's manifest entry. The settings readers depend on (the window, the longest sample, d_raw)
+    are recorded per split: a later run into the same destination (``--split eval`` with another
+    --window) rewrites only its own splits' entries."""
+    longest = [r.longest for r in res if r.samples]
+    d_raw = {r.d_raw for r in res if r.samples and r.d_raw is not None}
+    return {"samples": sum(r.samples for r in res), "skipped_records": sum(r.skipped for r in res),
+            "dropped": sum(r.dropped for r in res), "dropped_what": corpus.dropped_what,
+            "settings": corpus.settings(), "compression": opts.compression,
+            "longest": None if None in longest else max(longest), "d_raw": min(d_raw) if len(d_raw) == 1 else None,
+            "warnings": warnings, "parts": [r.record() for r in res]}
 
 
 def _keep_other_splits(fs, path: str, manifest: dict[str, Any]) -> None:

@@ -74,7 +74,7 @@ class DataConfig:
     shuffle: bool = True
     shuffle_buffer: int = 1000  # wds only
     endpoint_url: str = ""  # S3 endpoint (default: S3_ENDPOINT_URL / AWS_ENDPOINT_URL from the environment)
-    validate_hash: bool = False  # mds only: check each downloaded shard's sha1 against the index
+    validate_hash: bool = False  # check each shard before first use: mds sha1 / wds sha256 from the index
 
 
 @dataclass

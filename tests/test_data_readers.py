@@ -146,25 +146,31 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_mds_two_ranks_two_workers_read_every_sample_once_per_epoch(shards, tmp_path):
-    # Two real processes on one node, laid out the way torchrun lays them out (streaming reads the env).
-    # Without a process group of the caller's, streaming creates and destroys its own twice in a row on
-    # the same port, which sometimes hangs; the trainer always has one.
+def run_two_ranks(script: str, args: list[str], folder: Path) -> list[Path]:
+    """Run ``python -c script *args RANK OUT`` as ranks 0 and 1 of one node, laid out the way torchrun lays
+    them out (streaming reads the environment); both must exit 0. Returns each rank's OUT file."""
     port = free_port()  # streaming may start a gloo group for its shared-memory cleanup
+    outputs = [folder / f"rank{rank}.out" for rank in range(2)]
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
                "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, shards["mds"], str(tmp_path / "run"),
-                                       str(rank), str(tmp_path / f"rank{rank}.json")], env=env))
+        procs.append(subprocess.Popen([sys.executable, "-c", script, *args, str(rank), str(outputs[rank])], env=env))
     try:
         assert [p.wait(timeout=120) for p in procs] == [0, 0]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return outputs
+
+
+@pytest.mark.slow
+def test_mds_two_ranks_two_workers_read_every_sample_once_per_epoch(shards, tmp_path):
+    # Two real processes. Without a process group of the caller's, streaming creates and destroys its own
+    # twice in a row on the same port, which sometimes hangs; the trainer always has one.
+    outputs = run_two_ranks(RANK_SCRIPT, [shards["mds"], str(tmp_path / "run")], tmp_path)
+    results = [json.loads(out.read_text()) for out in outputs]
     assert [r["batches"] for r in results] == [12, 12]
     seen = Counter(itertools.chain(*(r["seen"] for r in results)))
     assert seen == Counter(f"sample {i:03d}" for i in range(NUM_SAMPLES))

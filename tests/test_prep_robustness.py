@@ -3,6 +3,7 @@ with file and line, damaged shards named by the readers."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -11,12 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from data_prep import text
 from sma.inputs import InputError
-from test_prep_formats import FORMATS, read_back, write_jsonl
+from test_prep_formats import FORMATS, read_back, write_books, write_jsonl, write_smiles
 
 pytestmark = pytest.mark.usefixtures("streaming_shm_cleanup")
 
@@ -198,3 +200,114 @@ def test_killed_run_leaves_nothing_readers_accept_and_a_rerun_completes_it(tmp_p
     assert "2 part(s) to write, 1 already complete and verified" in caplog.text
     prep(srcs, tmp_path / "clean", "wds")
     assert read_back(str(dst / "train"), "wds", 64) == read_back(str(tmp_path / "clean" / "train"), "wds", 64)
+
+
+# ---- inputs that give no samples -------------------------------------------------------------------
+
+def write_fasta(path: Path, entries: list[tuple[str, str]], width: int = 60) -> Path:
+    """FASTA as UniProt / genome annotation write it: ``>header`` then the sequence wrapped at ``width``;
+    gzipped when the name ends in ``.gz``."""
+    lines = []
+    for header, seq in entries:
+        lines.append(f">{header}")
+        lines += [seq[i : i + width] for i in range(0, len(seq), width)]
+    data = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    return path
+
+
+def empty_input(kind: str, folder: Path) -> tuple[Any, Path]:
+    """``(command module, an input of that kind that yields no sample)``."""
+    from data_prep import pfam, smiles
+
+    if kind == "plain":  # blank lines only
+        return text, write_books(folder / "book.txt", ["", "  ", ""])
+    if kind == "jsonl":
+        return text, write_jsonl(folder / "wiki.jsonl", [])
+    if kind == "smiles":
+        return smiles, write_smiles(folder / "guacamol_v1_train.smiles", [])  # one blank line
+    return pfam, write_fasta(folder / "short.fasta", [(f"sp|P{i:05d}|S{i}_HUMAN", "MKV" * (i + 1)) for i in range(5)])
+
+
+@pytest.mark.parametrize("kind", ["plain", "jsonl", "smiles", "fasta-too-short"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_run_whose_inputs_give_no_samples_is_a_clear_error_with_exit_code_2(tmp_path, kind, fmt, caplog):
+    module, src = empty_input(kind, tmp_path)
+    dst = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--src", str(src), "--dst", str(dst), "--format", fmt, "--quiet"])
+    assert exit_info.value.code == 2
+    records = {"plain": 0, "jsonl": 0, "smiles": 1, "fasta-too-short": 5}[kind]  # blank lines: no paragraph
+    counts = f"{records} record(s) read" + (", 5 dropped: sequences of 50 residues or fewer (--longer-than)"
+                                           if kind == "fasta-too-short" else "")
+    assert f"no samples: split train got none from its input(s) {src} ({counts}). Nothing was indexed" in caplog.text
+    assert not (dst / "manifest.json").exists() and not list(dst.rglob("index.json")) and not list(dst.rglob("shards.json"))
+    with pytest.raises(InputError, match="not found"):
+        read_back(str(dst / "train"), fmt, 64)
+
+
+def test_an_input_without_samples_next_to_others_is_a_warning_recorded_in_the_manifest(tmp_path, caplog):
+    good = write_jsonl(tmp_path / "a.jsonl", docs(0))
+    empty = write_jsonl(tmp_path / "b.jsonl", [])
+    manifest = prep([str(empty), str(good)], tmp_path / "out", "mds")  # the empty input is part 0: a new folder
+    info = manifest["splits"]["train"]
+    assert info["warnings"] == [f"{empty}: no samples (0 record(s) read)"]
+    assert [p["samples"] > 0 for p in info["parts"]] == [False, True]
+    assert f"{empty}: no samples (0 record(s) read)" in caplog.text
+    assert "\t".join(read_back(str(tmp_path / "out" / "train"), "mds", 64)).count("file 0 doc") == 40
+
+
+def test_the_command_exits_with_status_2_when_no_input_gives_samples(tmp_path):
+    src = write_jsonl(tmp_path / "empty.jsonl", [])
+    proc = subprocess.run([sys.executable, "-m", "data_prep.text", "--src", str(src), "--dst", str(tmp_path / "out"),
+                           "--quiet"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"no samples: split train got none from its input(s) {src} (0 record(s) read)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---- FASTA as annotation pipelines write it --------------------------------------------------------
+
+LONG = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLYTHMKALRPDEDRLSPLHSVYVDQWDWERVMGDGERQFSTLKSTVEAIWAGIKATEAAVSEEFGLAPFLPDQIHFVHSQELLSRYPDLDAKGRERAIAKDLGAVFLVGIGGKLSDGHRHDVRAPDYDDWUAVGYLSPESLEAAGIAEGKTPSEEV"
+
+
+@pytest.mark.parametrize("name", ["proteins.fasta", "proteins.fa.gz"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_fasta_stop_codons_are_stripped_iupac_codes_kept_and_short_sequences_counted(tmp_path, name, fmt, caplog):
+    from data_prep import pfam
+
+    seqs = {"stop": LONG[:90] + "*", "iupac": LONG[:40] + "XBZJUO" + LONG[40:80].lower(), "short": "MKV*",
+            "plain": LONG[100:190]}
+    src = write_fasta(tmp_path / name, [(f"tr|A0A{i}|{k}_ORYSJ {k} OS=Oryza sativa OX=39947", s)
+                                        for i, (k, s) in enumerate(seqs.items())])
+    with caplog.at_level(logging.INFO, logger="data_prep"):
+        manifest = pfam.main(["--src", str(src), "--dst", str(tmp_path / "out"), "--format", fmt, "--window", "128"])
+    got = read_back(str(tmp_path / "out" / "train"), fmt, 128)
+    assert got == [LONG[:90], (LONG[:40] + "XBZJUO" + LONG[40:80]).upper(), LONG[100:190]]
+    info = manifest["splits"]["train"]
+    assert (info["samples"], info["dropped"], info["parts"][0]["dropped"], info["parts"][0]["records"]) == (3, 1, 1, 4)
+    assert "train: 3 samples in 1 part(s), 0 bad record(s) skipped, 1 dropped (sequences of 50 residues or fewer" \
+        in caplog.text
+
+
+@pytest.mark.parametrize("name", ["proteins.fasta", "proteins.fasta.gz"])
+def test_a_character_that_is_no_residue_is_reported_by_line_position_and_value(tmp_path, name, caplog):
+    from data_prep import pfam
+
+    bad = LONG[:70] + "#" + LONG[70:150]  # residue 71: the 11th character of the sequence's 2nd line
+    internal_stop = LONG[:30] + "*" + LONG[30:80] + "*"
+    src = write_fasta(tmp_path / name, [("sp|P1|OK_HUMAN", LONG[:80]), ("sp|P2|BAD_HUMAN", bad),
+                                        ("sp|P3|STOP_HUMAN", internal_stop)])
+    # lines: 1 >P1, 2-3 P1, 4 >P2, 5-7 P2 (the '#' on 6), 8 >P3, 9-10 P3
+    with pytest.raises(SystemExit) as exit_info:
+        pfam.main(["--src", str(src), "--dst", str(tmp_path / "out"), "--quiet"])
+    assert exit_info.value.code == 1
+    assert (f"{src}: line 6: ResidueError: residue 71 is '#', not an amino-acid letter (A-Z, IUPAC codes included; "
+            "a final '*' is stripped)") in caplog.text
+    assert LONG[:40] not in caplog.text  # no dump of the residues
+    caplog.clear()
+    manifest = pfam.main(["--src", str(src), "--dst", str(tmp_path / "out"), "--quiet", "--on-error", "skip"])
+    errors = manifest["splits"]["train"]["parts"][0]["errors"]
+    assert [e.split(": ResidueError: ")[0] for e in errors] == [f"{src}: line 6", f"{src}: line 9"]
+    assert "residue 31 is '*'" in errors[1]
+    assert read_back(str(tmp_path / "out" / "train"), "mds", 128) == [LONG[:80]]

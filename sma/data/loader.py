@@ -8,6 +8,7 @@ from sma.config import TrainConfig
 from sma.data.builtin import MemoryStream, builtin_split, feature_stats
 from sma.data.collate import Collate
 from sma.data.epochs import EpochLoader, Plan
+from sma.data.manifest import check_fits_model
 
 SPLITS = ("train", "eval")
 
@@ -26,7 +27,8 @@ def build_loader(cfg: TrainConfig, split: str, rank: int, world_size: int) -> Lo
     """Batches of ``cfg.data.micro_batch_size`` samples padded to ``cfg.model.max_len`` for one rank.
 
     ``split="train"`` iterates forever, reshuffled every epoch (seeded by ``cfg.seed``), with the same
-    number of batches on every rank; ``split="eval"`` is one fixed, finite pass.
+    number of batches on every rank; ``split="eval"`` is one fixed, finite pass. Shards whose manifest
+    records samples longer than ``model.max_len`` (or another ``d_raw``) raise ``ConfigError`` here.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -45,6 +47,7 @@ def build_loader(cfg: TrainConfig, split: str, rank: int, world_size: int) -> Lo
     url = data.train_url if train else (data.eval_url or "")
     if not url:
         raise ValueError(f"data.eval_url is required to evaluate with data.format={data.format}")
+    check_fits_model(cfg, split, url)  # at start-up, not when the first too-long batch is built
     if data.format == "wds":
         from sma.data.wds import build_wds_loader
 

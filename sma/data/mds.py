@@ -15,14 +15,14 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sma.config import TrainConfig
 from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
 from sma.data.epochs import private_generator
 from sma.data.shm import release_stale_shared_memory
-from sma.data.storage import filesystem, is_local, join, local_path, use_endpoint
+from sma.data.storage import filesystem, is_local, join, local_path, read_json, use_endpoint
 from sma.data.streaming_import import import_streaming
 from sma.inputs import Batch, InputError
 
@@ -47,19 +47,37 @@ def check_world(rank: int, world_size: int) -> None:
         )
 
 
-def release_stale_registrations(local: str) -> None:
-    """Before a dataset on ``local`` exists: the local leader releases what killed runs left registered
-    for it, while the other local ranks wait (they would otherwise meet the stale registration first)."""
+def on_local_leader(work: Callable[[], list[str]]) -> list[str]:
+    """Run ``work`` on the local leader (``LOCAL_RANK`` 0) while the other local ranks wait. With the
+    caller's process group (the trainer's), every rank returns what the leaders found, so all of them
+    fail alike instead of some waiting for a leader that stopped; with none, streaming makes a temporary
+    group (whose backend may need a device we do not choose), only used to wait."""
     import torch.distributed as dist
     from streaming.base.distributed import maybe_init_dist  # as StreamingDataset itself does
 
     made_group = maybe_init_dist()
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    try:
+        found = work() if int(os.environ.get("LOCAL_RANK", "0")) == 0 else []
+        if made_group:
+            dist.barrier()
+        elif dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, found)
+            found = list(dict.fromkeys(x for g in gathered for x in g))
+    finally:
+        if made_group:
+            dist.destroy_process_group()
+    return found
+
+
+def release_stale_registrations(local: str) -> None:
+    """Before a dataset on ``local`` exists: the local leader releases what killed runs left registered
+    for it, while the other local ranks wait (they would otherwise meet the stale registration first)."""
+    def release() -> list[str]:
         release_stale_shared_memory([local])
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    if made_group:
-        dist.destroy_process_group()
+        return []
+
+    on_local_leader(release)
 
 
 def cache_folder(cfg: TrainConfig, url: str) -> str:
@@ -68,15 +86,22 @@ def cache_folder(cfg: TrainConfig, url: str) -> str:
     return os.path.join(base, hashlib.sha1(url.encode()).hexdigest()[:16])
 
 
-def damaged_shards(local: str) -> list[str]:
-    """Shard files in ``local`` whose size or sha1 disagrees with ``index.json`` (absent ones are not yet
-    downloaded and not counted). Used to name the culprit when streaming fails with a generic error."""
-    with open(os.path.join(local, "index.json")) as f:
-        index = json.load(f)
+def damaged_shards(local: str, index: dict[str, Any] | None = None, validate: bool = False) -> list[str]:
+    """Shard files in ``local`` whose size or sha1 disagrees with the index (``local``'s ``index.json``
+    unless given). Absent files are not yet downloaded and not counted. Used to name the culprit when
+    streaming fails with a generic error, and, with ``validate`` (``data.validate_hash``), to check every
+    shard before its first use: then a shard the index gives no sha1 for is reported too."""
+    if index is None:
+        with open(os.path.join(local, "index.json")) as f:
+            index = json.load(f)
     bad = []
     for shard in index["shards"]:
         for info in (shard.get("raw_data"), shard.get("zip_data")):
             if not info:
+                continue
+            expected = (info.get("hashes") or {}).get("sha1")
+            if validate and not expected:
+                bad.append(f"{info['basename']} (the index records no sha1 for it)")
                 continue
             path = os.path.join(local, info["basename"])
             if not os.path.exists(path):
@@ -84,12 +109,31 @@ def damaged_shards(local: str) -> list[str]:
             if os.path.getsize(path) != info["bytes"]:
                 bad.append(f"{info['basename']} ({os.path.getsize(path)} bytes, the index says {info['bytes']})")
                 continue
-            expected = (info.get("hashes") or {}).get("sha1")
             if expected:
                 with open(path, "rb") as fh:
                     if hashlib.file_digest(fh, "sha1").hexdigest() != expected:
                         bad.append(f"{info['basename']} (sha1 mismatch)")
     return bad
+
+
+def validate_shards(url: str, local: str, remote: bool, endpoint_url: str) -> None:
+    """``data.validate_hash``: check every shard present in ``local`` against the index before the dataset
+    is made (streaming checks only the shards it downloads; a local folder, or shards already in the
+    cache, it never checks). The local leader hashes; the other local ranks wait for its verdict."""
+    index = read_json(join(url, "index.json"), endpoint_url)  # the remote's, for a cache
+    bad = on_local_leader(lambda: damaged_shards(local, index, validate=True))
+    if not bad:
+        return
+    todo = []
+    if any("records no sha1" in b for b in bad):
+        todo.append("data_prep writes a sha1 for every shard: re-prep the data with it, or set "
+                    "data.validate_hash=false")
+    if not all("records no sha1" in b for b in bad):
+        todo.append(f"delete the cache folder {local} so they are downloaded again" if remote else
+                    "re-run the data_prep command that wrote them (it rewrites the parts whose files fail "
+                    "their checksums) or restore the files")
+    raise InputError(f"data.validate_hash: {len(bad)} shard file(s) of {url} fail their check against "
+                     f"{join(url, 'index.json')}: {', '.join(bad)}; {'; '.join(todo)}")
 
 
 class MdsLoader:
@@ -152,6 +196,8 @@ def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
                          "finished (the index is written last)")
     remote, local = (None, local_path(url)) if is_local(url) else (url, cache_folder(cfg, url))
     release_stale_registrations(local)
+    if data.validate_hash:
+        validate_shards(url, local, remote is not None, data.endpoint_url)
     dataset = streaming.StreamingDataset(
         remote=remote, local=local, shuffle=train and data.shuffle, shuffle_seed=cfg.seed,
         batch_size=data.micro_batch_size, validate_hash="sha1" if data.validate_hash else None,

@@ -15,25 +15,29 @@ already consumed, before decoding them, which reproduces the uninterrupted order
 from __future__ import annotations
 
 import bisect
+import hashlib
+import io
 import random
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from sma.config import TrainConfig
 from sma.data.collate import collate_for_shards
 from sma.data.epochs import EpochLoader, EpochStream, Plan
 from sma.data.samples import Sample, from_wds
-from sma.data.storage import join, read_json, register_webdataset_s3
+from sma.data.storage import join, open_url, read_json, register_webdataset_s3
 from sma.inputs import InputError
 
 INDEX = "shards.json"
 
 
 def read_shard_index(split_url: str, endpoint_url: str = "") -> list[dict[str, Any]]:
-    """``[{"url": absolute URL, "samples": n}, ...]`` from the split's ``shards.json``."""
+    """``[{"url": absolute URL, "samples": n, "bytes": size, "sha256": hex}, ...]`` from the split's
+    ``shards.json`` (``bytes`` and ``sha256`` None where it records none)."""
     index_url = join(split_url, INDEX)
     try:
         index = read_json(index_url, endpoint_url)
@@ -42,7 +46,8 @@ def read_shard_index(split_url: str, endpoint_url: str = "") -> list[dict[str, A
             f"{index_url} not found: not a tar shard folder, or its data_prep run has not finished "
             "(the index is written last)"
         ) from None
-    shards = [{"url": join(split_url, s["url"]), "samples": int(s["samples"])} for s in index["shards"]]
+    shards = [{"url": join(split_url, s["url"]), "samples": int(s["samples"]), "bytes": s.get("bytes"),
+               "sha256": s.get("sha256")} for s in index["shards"]]
     if not shards:
         raise InputError(f"{index_url} lists no shards")
     return shards
@@ -67,12 +72,43 @@ def _checked(samples: Iterator[dict[str, Any]], expected: dict[str, int]) -> Ite
         yield s
 
 
+def _verified(src: Iterator[dict[str, Any]], shards: dict[str, dict[str, Any]], endpoint_url: str
+              ) -> Iterator[dict[str, Any]]:
+    """``data.validate_hash``: open each shard by reading it whole and checking its size and sha256 against
+    ``shards.json`` before any of its samples is used (in place of webdataset's ``url_opener``)."""
+    for item in src:
+        url = item["url"]
+        try:
+            with open_url(url, "rb", endpoint_url) as f:
+                data = f.read()
+        except Exception as e:
+            e.args = (*e.args, url)
+            _raise(e)
+        expected = shards[url]
+        if len(data) != expected["bytes"]:
+            what = f"{len(data)} bytes, shards.json says {expected['bytes']}"
+        elif hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            what = "sha256 mismatch"
+        else:
+            yield {**item, "stream": io.BytesIO(data)}
+            continue
+        raise InputError(f"data.validate_hash: tar shard {url} fails its check against shards.json ({what}); "
+                         "re-run the data_prep command that wrote it (it rewrites the parts whose files fail "
+                         "their checksums) or restore the file")
+
+
+def _tar_samples(src: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset's ``tarfile_to_samples`` after the opening: tar members grouped into samples."""
+    return group_by_keys(tar_file_expander(src, handler=_raise), handler=_raise)
+
+
 class TarStream(EpochStream):
     def __init__(self, shards: list[dict[str, Any]], plan: Plan, rank: int, collate, seed: int, shuffle: bool,
-                 shuffle_buffer: int, endpoint_url: str):
+                 shuffle_buffer: int, endpoint_url: str, validate_hash: bool = False):
         super().__init__(plan, rank, collate)
         self.shards, self.seed, self.shuffle = shards, seed, shuffle
         self.shuffle_buffer, self.endpoint_url = shuffle_buffer, endpoint_url
+        self.validate_hash = validate_hash
 
     def epoch_shards(self, epoch: int) -> list[dict[str, Any]]:
         if not self.shuffle:
@@ -88,9 +124,14 @@ class TarStream(EpochStream):
         last = bisect.bisect_left(ends, stop)
         offset = start - (ends[first - 1] if first > 0 else 0)
         chosen = shards[first : last + 1]
+        if self.validate_hash:
+            by_url = {s["url"]: s for s in chosen}
+            opened = [lambda src: _verified(src, by_url, self.endpoint_url), _tar_samples]
+        else:
+            opened = [wds.tarfile_to_samples(handler=_raise)]
         stages: list[Any] = [
             wds.SimpleShardList([s["url"] for s in chosen]),
-            wds.tarfile_to_samples(handler=_raise),
+            *opened,
             lambda src: _checked(src, {s["url"]: s["samples"] for s in chosen}),
             wds.slice(offset, offset + stop - start),
         ]
@@ -106,9 +147,15 @@ def build_wds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
     data = cfg.data
     register_webdataset_s3(data.endpoint_url)
     shards = read_shard_index(url, data.endpoint_url)
+    if data.validate_hash:
+        unrecorded = [s["url"] for s in shards if not s["sha256"] or s["bytes"] is None]
+        if unrecorded:
+            raise InputError(f"data.validate_hash: {join(url, INDEX)} records no sha256 (or size) for "
+                             f"{', '.join(unrecorded)}; data_prep records both for every shard: re-prep the data "
+                             "with it, or set data.validate_hash=false")
     num_roles = max(1, data.num_workers)
     plan = Plan(sum(s["samples"] for s in shards), world_size, num_roles, data.micro_batch_size)
     collate = collate_for_shards(cfg.model.max_len, url, data.endpoint_url)
     stream = TarStream(shards, plan, rank, collate, cfg.seed, train and data.shuffle, data.shuffle_buffer,
-                       data.endpoint_url)
+                       data.endpoint_url, data.validate_hash)
     return EpochLoader(stream, data.num_workers, train, f"wds:{url}")
