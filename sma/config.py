@@ -170,6 +170,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.optimizer": ("torch_adamw", "deepspeed_adamw"),
     "precision": ("fp32", "bf16", "fp16"),
     "wandb_mode": ("offline", "online", "disabled"),
+    "finetune.mode": ("full", "linear_probe"),
 }
 
 
@@ -265,6 +266,12 @@ def validate(cfg: TrainConfig) -> None:
         need(cfg.zero_stage >= 1, "optim.offload_optimizer", "needs zero_stage 1, 2 or 3")
         need(cfg.optim.optimizer == "deepspeed_adamw", "optim.offload_optimizer",
              "needs optim.optimizer=deepspeed_adamw (ZeRO-Offload steps with DeepSpeed's CPU Adam)")
+    ft = cfg.finetune
+    need(ft.epochs >= 1, "finetune.epochs", f"must be >= 1, got {ft.epochs}")
+    need(ft.patience >= 0, "finetune.patience", "must be >= 0 (0: no early stopping)")
+    need(0 < ft.layer_decay <= 1, "finetune.layer_decay", f"must lie in (0, 1], got {ft.layer_decay}")
+    need(all(lr > 0 for lr in ft.lrs), "finetune.lrs", f"learning rates must be > 0, got {list(ft.lrs)}")
+    need(ft.eval_batch_size >= 0, "finetune.eval_batch_size", "must be >= 0 (0: data.micro_batch_size)")
     if cfg.zero_stage == 3 and cfg.optim.optimizer not in ("torch_adamw", "deepspeed_adamw"):
         raise ConfigError("optim.optimizer: ZeRO stage 3 cannot shard this optimizer")
 

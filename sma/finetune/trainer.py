@@ -171,20 +171,8 @@ class Finetuner(Trainer):
         log.info("encoder initialized from %s: %d tensors, equal to the checkpoint's", self.init.source, len(state))
 
     def param_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
-        """AdamW groups by (weight decay, layer depth): matrices decay, vectors do not; with
-        ``finetune.layer_decay`` < 1 a block ``d`` levels below the head gets ``lr * layer_decay ** d``."""
-        depths = model.layer_depths()
-        top = max(depths.values())
-        decay = self.cfg.finetune.layer_decay
-        groups: dict[tuple[bool, int], dict[str, Any]] = {}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            key = (p.ndim >= 2, depths[name])
-            group = groups.setdefault(key, {"params": [], "weight_decay": self.cfg.optim.weight_decay if key[0] else 0.0,
-                                            "lr": self.cfg.optim.lr * decay ** (top - key[1])})
-            group["params"].append(p)
-        return [groups[k] for k in sorted(groups)]
+        return finetune_param_groups(model, self.cfg.optim.lr, self.cfg.optim.weight_decay,
+                                     self.cfg.finetune.layer_decay)
 
     # -- data -------------------------------------------------------------------------------------
     def build_loader(self) -> Any:
@@ -276,6 +264,22 @@ class Finetuner(Trainer):
         return {"lr": self.cfg.optim.lr, "seed": self.cfg.seed, "epochs_run": len(self.history),
                 "early_stopped": self.finished(), "best_epoch": self.best()["epoch"], "best": self.best(),
                 "history": self.history}
+
+
+def finetune_param_groups(model: torch.nn.Module, lr: float, weight_decay: float,
+                          layer_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups by (weight decay, layer depth) over the trainable parameters: matrices decay, vectors
+    do not; a block ``d`` levels below the head gets ``lr * layer_decay ** d`` (1.0: the same lr for all).
+    Frozen parameters (a linear probe's encoder) are left out."""
+    depths = model.layer_depths()
+    top = max(depths.values())
+    groups: dict[tuple[bool, int], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (p.ndim >= 2, depths[name])
+            groups.setdefault(key, {"params": [], "weight_decay": weight_decay if key[0] else 0.0,
+                                    "lr": lr * layer_decay ** (top - key[1])})["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
 
 
 def trial_config(cfg: TrainConfig, init: Init, lr: float, seed: int, steps_per_epoch: int) -> TrainConfig:
