@@ -110,9 +110,9 @@ class Pretrainer:
         if env.is_main:
             inner = getattr(self.engine, "basic_optimizer", None) or self.engine.optimizer
             log.info("engine: %d rank(s), ZeRO stage %d, %s, optimizer %s (wrapped as %s), %d micro-batch(es) "
-                     "of %d per rank and step", env.world_size, cfg.zero_stage, cfg.precision,
-                     type(inner).__name__, type(self.engine.optimizer).__name__,
-                     self.engine.gradient_accumulation_steps(), cfg.data.micro_batch_size)
+                     "of %d per rank and step, %d CPU thread(s) per rank", env.world_size, cfg.zero_stage,
+                     cfg.precision, type(inner).__name__, type(self.engine.optimizer).__name__,
+                     self.engine.gradient_accumulation_steps(), cfg.data.micro_batch_size, torch.get_num_threads())
         seed_everything(cfg.seed + _RANK_SEED_STRIDE * (env.rank + 1))  # each rank draws its own masks
 
         self.loader = build_loader(cfg, split="train", rank=env.rank, world_size=env.world_size)
