@@ -6,7 +6,9 @@ impossible (not root, no apt) the tests are skipped with the reason.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,12 +43,29 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         leftover.unlink(missing_ok=True)
 
 
+DECOY_MARK = "decoy-python3-ran"
+
+
+def decoy_python3(folder: Path) -> Path:
+    """A ``bin/`` whose ``python3`` only leaves a mark and fails: first on a job's PATH, it catches any
+    step that runs ``python3`` from PATH instead of ``SMA_PYTHON``, as a venv not on PATH would."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    decoy = bin_dir / "python3"
+    decoy.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {folder / DECOY_MARK}\nexit 97\n")
+    decoy.chmod(0o755)
+    return bin_dir
+
+
 def submit_higgs(slurm: SlurmCluster, run_dir: Path, overrides: str) -> int:
-    """``sbatch slurm/higgs.sh`` from the repository root with the tiny config on CPU (gloo)."""
+    """``sbatch slurm/higgs.sh`` from the repository root with the tiny config on CPU (gloo), run by the
+    interpreter that runs the tests (``SMA_PYTHON``), whatever ``python3`` is on PATH."""
     env = {
         "SMA_CONFIG": "configs/tiny_higgs.yaml",
         "SMA_RUN_DIR": str(run_dir),
         "SMA_OVERRIDES": f"zero_stage=1 log_every=1 {overrides}",
+        "SMA_PYTHON": sys.executable,
+        "PATH": f"{decoy_python3(run_dir.parent)}{os.pathsep}{os.environ.get('PATH', '')}",
         "OMP_NUM_THREADS": "1",  # two simulated nodes share two cores
         "WANDB_MODE": "offline",
     }
@@ -86,6 +105,8 @@ def test_higgs_job_trains_on_two_nodes_and_leaves_a_checkpoint(slurm: SlurmClust
     # One launcher per node, one rank each: a world of 2, a ZeRO shard per rank.
     assert (meta["step"], meta["world_size"]) == (4, 2), meta
     assert len(list(tag_dir.glob("zero_pp_rank_*_optim_states.pt"))) == 2
+    # Every step ran SMA_PYTHON; none reached the python3 first on the job's PATH.
+    assert not (tmp_path / DECOY_MARK).exists(), (tmp_path / DECOY_MARK).read_text()
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm: SlurmCluster, tmp_path: Path) -> None:

@@ -1,39 +1,29 @@
-"""Import ``streaming`` (mosaicml-streaming) on machines whose torchvision wheel does not match torch.
+"""Import ``streaming`` (mosaicml-streaming) where its vision datasets cannot be imported.
 
-``streaming/__init__.py`` imports its vision module, which imports torchvision. Every torchvision wheel
-on the package registry is a CUDA build; next to the CPU torch build its import dies with
-``operator torchvision::nms does not exist`` and takes ``import streaming`` down with it, although
-nothing we use from streaming touches vision ops. Declaring the two op schemas torchvision expects
-(``nms`` and ``qnms``; declarations only, no kernels) lets the import finish.
+``streaming/__init__.py`` imports its dataset zoo (``streaming.vision``, ``.text``, ``.multimodal``)
+before the core (``streaming.base``), and ``streaming.vision`` imports torchvision. sma uses the core
+only (``StreamingDataset``, ``StreamingDataLoader``, ``MDSWriter``, storage, shared memory), and its
+install leaves torchvision out (README, "Install"). Where torchvision is installed it may not load
+either: every torchvision wheel on the package registry is a CUDA build, and next to the CPU torch build
+its import dies with ``operator torchvision::nms does not exist``.
 
-The workaround runs only when the plain import fails with exactly that error, so a machine with a
-working torchvision never sees it.
+Either way the plain import fails. Then the ``streaming`` package is set up without running its
+``__init__``, ``streaming.base`` is imported, and the names ``__init__`` would have taken from it are
+copied onto the package, so ``streaming.StreamingDataset`` and ``streaming.base...`` work as usual;
+only the dataset zoo is missing. A machine where the plain import works never sees this.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from types import ModuleType
 
-import torch
-
 log = logging.getLogger(__name__)
 
-_OP_SCHEMAS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-_library: torch.library.Library | None = None  # kept alive: dropping it would unregister the ops
-
-
-def _declare_torchvision_ops() -> None:
-    global _library
-    if _library is None:
-        _library = torch.library.Library("torchvision", "DEF")
-        for schema in _OP_SCHEMAS:
-            _library.define(schema)
+_PACKAGE = "streaming"
 
 
 def _forget(prefixes: tuple[str, ...]) -> None:
@@ -42,14 +32,39 @@ def _forget(prefixes: tuple[str, ...]) -> None:
         del sys.modules[name]
 
 
-def import_streaming() -> ModuleType:
-    """Return the ``streaming`` module, declaring torchvision's missing op schemas if needed."""
+def _import_core_only() -> ModuleType:
+    """``streaming`` with ``streaming.base``'s public names, its dataset zoo left out."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None:
+        raise ModuleNotFoundError(
+            "mosaicml-streaming is not installed; install it with the lock (README, 'Install') or "
+            "`pip install --no-deps mosaicml-streaming` plus the dependencies pyproject.toml lists for it",
+            name=_PACKAGE)
+    package = importlib.util.module_from_spec(spec)  # not executed: __init__ would import the zoo
+    sys.modules[_PACKAGE] = package
     try:
-        return importlib.import_module("streaming")
+        base = importlib.import_module(f"{_PACKAGE}.base")
+        package.__version__ = importlib.import_module(f"{_PACKAGE}._version").__version__
+    except BaseException:
+        _forget((_PACKAGE,))
+        raise
+    for name in base.__all__:
+        setattr(package, name, getattr(base, name))
+    return package
+
+
+def import_streaming() -> ModuleType:
+    """Return the ``streaming`` module; without its dataset zoo where that cannot be imported."""
+    try:
+        return importlib.import_module(_PACKAGE)
+    except ModuleNotFoundError as e:
+        if e.name == _PACKAGE:
+            return _import_core_only()  # raises the explanation
+        reason = f"{e.name} is not installed"
     except RuntimeError as e:
         if "torchvision::" not in str(e):
             raise
-        log.info("torchvision does not match this torch build (%s); declaring its op schemas", e)
-    _forget(("streaming", "torchvision"))
-    _declare_torchvision_ops()
-    return importlib.import_module("streaming")
+        reason = f"torchvision does not match this torch build ({e})"
+    log.info("importing streaming without its dataset zoo: %s", reason)
+    _forget((_PACKAGE, "torchvision"))
+    return _import_core_only()
