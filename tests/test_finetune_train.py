@@ -11,10 +11,13 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
+from sma.checkpoint import load_pretrained_weights
 from sma.export import export
 from sma.finetune.results import RESULTS_JSON, RESULTS_MD
 from sma.finetune.trainer import TRIAL_FILE
+from sma.model import build_finetune_model
 from sma.results import gather
 from sma.train.metrics import read_metrics
 from helpers_train import FINETUNE, TINY, run
@@ -72,11 +75,13 @@ def config(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def finetuned(root: Path, pretrained: Path, config: Path) -> dict[str, Path]:
     """Run directories of 1-rank fine-tunes from the checkpoint folder, its export and from scratch."""
-    inits = {"ckpt": pretrained, "export": export(pretrained, root / "pre.pt"), "scratch": "none"}
+    inits = {"ckpt": pretrained, "export": export(pretrained, root / "pre.pt"), "scratch": "none",
+             "probe": pretrained}
     dirs = {}
     for name, init in inits.items():
         dirs[name] = root / f"ft_{name}"
-        job = _finetune(1, config, [f"init={init}", f"run_dir={dirs[name]}"])
+        extra = ["finetune.mode=linear_probe", "finetune.epochs=1"] if name == "probe" else []
+        job = _finetune(1, config, [f"init={init}", f"run_dir={dirs[name]}", *extra])
         (dirs[name] / "output.log").write_text(job.output())
     return dirs
 
@@ -87,6 +92,7 @@ def _finetune(nprocs: int, config: Path, overrides: list[str], **kw):
 
 def test_finetune_from_checkpoint_export_and_scratch_reports_what_it_computed(finetuned: dict[str, Path],
                                                                               root: Path) -> None:
+    finetuned = {k: v for k, v in finetuned.items() if k != "probe"}
     for name, run_dir in finetuned.items():
         out = (run_dir / "output.log").read_text()
         if name == "scratch":
@@ -113,10 +119,22 @@ def test_finetune_from_checkpoint_export_and_scratch_reports_what_it_computed(fi
     assert table.count("| table:digits.csv |") == 3
 
 
+def test_a_linear_probe_trains_the_head_and_leaves_the_encoder_as_pretrained(finetuned: dict[str, Path],
+                                                                            pretrained: Path) -> None:
+    before, _ = load_pretrained_weights(pretrained)
+    after, cfg = load_pretrained_weights(finetuned["probe"] / "lr0.001-seed0" / "checkpoints")
+    assert cfg.finetune.mode == "linear_probe"
+    encoder = [k for k in after if k.startswith("backbone.")]
+    assert encoder and all(torch.equal(after[k], before[k]) for k in encoder)
+    torch.manual_seed(cfg.seed)
+    start = build_finetune_model(cfg.model, 2)
+    assert not torch.equal(after["head.out.weight"], start.state_dict()["head.out.weight"])
+
+
 def test_two_ranks_with_a_global_batch_follow_the_one_rank_run(finetuned: dict[str, Path], root: Path,
                                                                 pretrained: Path, config: Path) -> None:
-    two = root / "ft_two_ranks"
-    _finetune(2, config, [f"init={pretrained}", f"run_dir={two}"])
+    two = root / "ft_two_ranks"  # and ZeRO-3: parameters gathered for the encoder check and every prediction
+    _finetune(2, config, [f"init={pretrained}", f"run_dir={two}", "zero_stage=3"])
     one_records, two_records = (read_metrics(d / "lr0.001-seed0") for d in (finetuned["ckpt"], two))
     assert [r["step"] for r in one_records] == [r["step"] for r in two_records]
     for one, other in zip(one_records, two_records):  # 1 rank x 2 micro-batches vs 2 ranks x 1: the same batches
