@@ -102,3 +102,12 @@ def test_init_resolution_takes_the_checkpoints_model_and_refuses_contradictions(
         resolve_init(load_config(TINY), {})
     scratch = resolve_init(load_config(TINY, ["init=none"]), {"d_embed": 64})
     assert scratch.weights is None and scratch.model.d_embed == 64
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(TINY).parent / "finetune").glob("*.yaml")))
+def test_every_finetune_config_loads_and_names_a_known_task(path: str) -> None:
+    from sma.finetune.tasks import TASK_NAMES
+
+    cfg = load_config(path, require_model=False)
+    assert cfg.task.name in TASK_NAMES
+    assert cfg.finetune.epochs >= 1 and cfg.run_dir.startswith("runs/")
