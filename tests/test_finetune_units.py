@@ -111,3 +111,16 @@ def test_every_finetune_config_loads_and_names_a_known_task(path: str) -> None:
     cfg = load_config(path, require_model=False)
     assert cfg.task.name in TASK_NAMES
     assert cfg.finetune.epochs >= 1 and cfg.run_dir.startswith("runs/")
+
+
+def test_the_best_epoch_is_chosen_on_validation_and_patience_stops_after_it() -> None:
+    from sma.finetune.trainer import best_epoch, should_stop
+
+    acc = [{"epoch": e, "valid_accuracy": v} for e, v in enumerate([0.6, 0.8, 0.7, 0.8, 0.75, 0.7], start=1)]
+    assert best_epoch(acc, "accuracy")["epoch"] == 2  # ties: the earliest
+    assert not should_stop(acc[:3], "accuracy", patience=2)  # best 2, last 3
+    assert should_stop(acc[:4], "accuracy", patience=2)  # best 2, last 4: two epochs without a better one
+    assert not should_stop(acc, "accuracy", patience=0)  # 0: never
+    rmse = [{"epoch": e, "valid_rmse": v} for e, v in enumerate([1.0, 0.7, 0.9], start=1)]
+    assert best_epoch(rmse, "rmse")["epoch"] == 2  # lower is better
+    assert should_stop(rmse, "rmse", patience=1)

@@ -138,9 +138,6 @@ class Finetuner(Trainer):
         self.collate = Collate(init.input_len)
         self.history: list[dict[str, Any]] = []
         self.metric = task.metrics[0]
-        from sma.finetune.metrics import higher_is_better
-
-        self.sign = 1.0 if higher_is_better(self.metric) else -1.0
         super().__init__(cfg, env)
         if init.weights is not None and self.step == 0:  # a resumed trial continues from its own weights
             self._check_encoder_loaded()
@@ -247,12 +244,10 @@ class Finetuner(Trainer):
         return self.finished()
 
     def best(self) -> dict[str, Any]:
-        """The epoch with the best validation metric (the earliest among ties)."""
-        return max(self.history, key=lambda h: (self.sign * h[f"valid_{self.metric}"], -h["epoch"]))
+        return best_epoch(self.history, self.metric)
 
     def finished(self) -> bool:
-        patience = self.cfg.finetune.patience
-        return bool(patience and self.history and self.history[-1]["epoch"] - self.best()["epoch"] >= patience)
+        return should_stop(self.history, self.metric, self.cfg.finetune.patience)
 
     def extra_state(self) -> dict[str, Any]:
         return {"history": self.history}
@@ -264,6 +259,19 @@ class Finetuner(Trainer):
         return {"lr": self.cfg.optim.lr, "seed": self.cfg.seed, "epochs_run": len(self.history),
                 "early_stopped": self.finished(), "best_epoch": self.best()["epoch"], "best": self.best(),
                 "history": self.history}
+
+
+def best_epoch(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The epoch record with the best validation ``metric`` (the earliest among ties)."""
+    from sma.finetune.metrics import higher_is_better
+
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    return max(history, key=lambda h: (sign * h[f"valid_{metric}"], -h["epoch"]))
+
+
+def should_stop(history: list[dict[str, Any]], metric: str, patience: int) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the best one (never with patience 0)."""
+    return bool(patience and history and history[-1]["epoch"] - best_epoch(history, metric)["epoch"] >= patience)
 
 
 def finetune_param_groups(model: torch.nn.Module, lr: float, weight_decay: float,
