@@ -196,20 +196,20 @@ def test_shard_folders_are_read_once_in_index_order(text_model, tmp_path, fmt, c
     assert len({i.rsplit(":", 1)[0] for i in ids}) > 1  # several shards, concatenated in index order
 
 
-def test_pool_query_is_refused_for_a_pretraining_checkpoint(text_model, tmp_path, capsys):
+@pytest.mark.parametrize("name, content, options, message", [
+    ("a.txt", "one\n", ["--pool", "query"], "a pretraining checkpoint has no trained readout query"),
+    ("x.csv", "a,b\n1,2\n", ["--features", "a,b"], "the checkpoint's model reads bytes inputs"),
+    ("x.csv", "a,b\n1,2\n", [], "give --column NAME (bytes) or --features a,b,c (numbers)"),
+    ("a.txt", "one\n", ["--column", "text"], "--column / --features are for tables"),
+])
+def test_settings_that_cannot_work_are_refused_before_any_embedding(text_model, tmp_path, capsys, name, content,
+                                                                     options, message):
     ckpt, _ = text_model
-    src = tmp_path / "a.txt"
-    src.write_text("one\n")
-    assert embed(ckpt, src, "--out", tmp_path / "e.npy", "--pool", "query") == 2
-    assert "no trained readout query" in capsys.readouterr().err
-
-
-def test_inputs_of_the_other_modality_are_refused(text_model, tmp_path, capsys):
-    ckpt, _ = text_model
-    src = tmp_path / "x.csv"
-    src.write_text("a,b\n1,2\n")
-    assert embed(ckpt, src, "--out", tmp_path / "e.npy", "--features", "a,b") == 2
-    assert "the checkpoint's model reads bytes inputs" in capsys.readouterr().err
+    src = tmp_path / name
+    src.write_text(content)
+    assert embed(ckpt, src, "--out", tmp_path / "e.npy", *options) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
 
 
 @pytest.mark.slow
