@@ -8,7 +8,8 @@
     python -m sma.embed text.pt shards/valid --out emb.npy                       # an MDS or tar shard folder
     torchrun --nproc_per_node 4 -m sma.embed text.pt big.fasta --out emb.npy
 
-CHECKPOINT: a pretraining run's checkpoints folder (its latest), one stepNNNNNNNN folder, or an exported .pt.
+CHECKPOINT: a pretraining run's checkpoints folder (its latest), one stepNNNNNNNN folder, or an exported .pt;
+or a fine-tuning trial's checkpoints folder (runs/ft_x/lr0.0001-seed0/checkpoints).
 INPUT, by its name: text lines (.txt: one input per line), FASTA (.fasta / .fa / .faa), SMILES (.smi /
 .smiles: the first column), a table (.csv / .tsv / .jsonl / .parquet, with --column NAME for a bytes column
 or --features a,b,c for numeric columns as continuous tokens), any of them .gz compressed, or a data_prep
@@ -17,7 +18,9 @@ Ids: "<file>:line N" ("row N" for parquet), a FASTA record's own id (the header'
 "<shard>:sample K" for shards.
 
 Pooling: ``mean``, the mean of the encoder's final states over the latents (Perceiver) or the valid tokens
-(Transformer). A pretraining checkpoint has no trained readout query, so ``--pool query`` is refused.
+(Transformer); ``query``, a fine-tuned model's readout query after its cross-attention to those states (the
+features its output layer reads). A pretraining checkpoint has no trained query, so ``query`` needs a
+fine-tuning checkpoint.
 Byte inputs longer than the model's max_len are cut to fit (counted in the log); a bad row (empty, or a
 feature that is no number) stops the run naming its line, or with ``--on-error skip`` is left out, logged.
 """
@@ -44,7 +47,7 @@ from sma.data.collate import Collate, collate_for_shards
 from sma.data.samples import Sample, check_sample
 from sma.data.storage import filesystem, join, open_url, read_json
 from sma.inputs import InputError, encode
-from sma.model import EncoderOutput, SMAEncoder
+from sma.model import EncoderOutput, SMAEncoder, SMAFinetuneModel, build_finetune_model
 from sma.train.env import DistEnv
 
 log = logging.getLogger("sma.embed")
@@ -331,9 +334,12 @@ def mean_pool(enc: EncoderOutput) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_range(encoder: SMAEncoder, inputs: Inputs, start: int, stop: int, batch_size: int,
+def embed_range(model: SMAEncoder | SMAFinetuneModel, inputs: Inputs, start: int, stop: int, batch_size: int,
                 device: torch.device, progress: bool = False) -> tuple[np.ndarray, int]:
-    """float32 (stop - start, D) vectors of inputs ``[start, stop)``, and how many were cut to max_len."""
+    """float32 (stop - start, D) vectors of inputs ``[start, stop)``, and how many were cut to max_len.
+    ``model``: an encoder (mean pooling) or a fine-tuned model (its readout query's features)."""
+    query = isinstance(model, SMAFinetuneModel)
+    encoder = model.backbone if query else model
     max_len = encoder.embed.position.shape[0]
     discrete = encoder.embed.discrete
     out: list[np.ndarray] = [np.zeros((0, encoder.encoder.width), np.float32)]
@@ -342,7 +348,8 @@ def embed_range(encoder: SMAEncoder, inputs: Inputs, start: int, stop: int, batc
 
     def flush() -> None:
         batch = inputs.collate(pending).to(device)
-        out.append(mean_pool(encoder(batch.inputs, batch.valid)).float().cpu().numpy())
+        vectors = model.features(batch) if query else mean_pool(encoder(batch.inputs, batch.valid))
+        out.append(vectors.float().cpu().numpy())
         bar.update(len(pending))
         pending.clear()
 
@@ -358,12 +365,24 @@ def embed_range(encoder: SMAEncoder, inputs: Inputs, start: int, stop: int, batc
     return np.concatenate(out), truncated
 
 
-def load_encoder(checkpoint: str, device: torch.device) -> tuple[SMAEncoder, Any]:
-    """The pretrained run's encoder (embedding + encoder, eval mode) on ``device``, and the run's config."""
-    from sma.checkpoint import load_pretrained
+def load_encoder(checkpoint: str, device: torch.device, pool: str = "mean") -> tuple[SMAEncoder | SMAFinetuneModel, Any]:
+    """The encoder (eval mode, on ``device``) of a pretraining or fine-tuning checkpoint, and its run's
+    config; with ``pool="query"``, the whole fine-tuned model, whose readout query gives the vectors."""
+    from sma.checkpoint import load_pretrained_weights
 
-    model, cfg = load_pretrained(checkpoint)
-    return model.backbone.to(device).eval(), cfg
+    weights, cfg = load_pretrained_weights(checkpoint)
+    finetuned = "query" in weights  # a fine-tuning trial's checkpoint: encoder, query and head
+    if pool == "query":
+        if not finetuned:
+            raise ConfigError("--pool query: a pretraining checkpoint has no trained readout query (only a "
+                              "fine-tuned model has one: pass a fine-tuning trial's checkpoints folder); use --pool mean")
+        model = build_finetune_model(cfg.model, weights["head.out.weight"].shape[0])
+        model.load_state_dict(weights, strict=True)
+        return model.to(device).eval(), cfg
+    encoder = SMAEncoder(cfg.model)
+    encoder.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")},
+                            strict=True)
+    return encoder.to(device).eval(), cfg
 
 
 # ---- output ---------------------------------------------------------------------------------------------
@@ -475,14 +494,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, env: DistEnv) -> list[Path] | None:
     """Embed ``args.input`` on every rank's slice; rank 0 writes the output and returns its files."""
-    if args.pool == "query":
-        raise ConfigError("--pool query: a pretraining checkpoint has no trained readout query (only a fine-tuned "
-                          "model has one, and sma.embed does not read fine-tuning checkpoints yet); use --pool mean")
     features = [c.strip() for c in args.features.split(",") if c.strip()]
     state: dict[str, Any] = {}
 
     def work() -> tuple[np.ndarray, int]:
-        encoder, cfg = load_encoder(args.checkpoint, env.device)
+        encoder, cfg = load_encoder(args.checkpoint, env.device, args.pool)
         inputs = open_inputs(args.input, column=args.column, features=features, on_error=args.on_error,
                              stats=args.stats, modality=cfg.model.modality, max_len=cfg.model.max_len)
         if len(inputs) == 0:

@@ -378,11 +378,16 @@ class SMAFinetuneModel(nn.Module):
         self.head = Readout(width, width, heads, cfg.mlp_ratio, num_outputs, dropout=cfg.dropout)
         init_weights(self)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        """Returns outputs (B, num_outputs)."""
+    def features(self, batch: Batch) -> torch.Tensor:
+        """The readout's normalized features (B, width): the learned query after its cross-attention to the
+        final encoder states, before the output map (what ``sma.embed --pool query`` exports)."""
         enc = self.backbone(batch.inputs, batch.valid, None)
         q = self.query.expand(enc.states.shape[0], -1, -1)
-        return self.head(q, enc.states, enc.states_valid)[:, 0]
+        return self.head.features(q, enc.states, enc.states_valid)[:, 0]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Returns outputs (B, num_outputs)."""
+        return self.head.out(self.features(batch))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """outputs: (B, C); targets: (B,) class ids, (B, C) 0/1 labels (NaN: missing), or (B, C) / (B,)

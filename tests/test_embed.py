@@ -227,3 +227,23 @@ def test_two_torchrun_processes_write_the_output_of_one(text_model, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"), atol=1e-5)
     assert lines(tmp_path / "two.npy.ids.txt") == lines(tmp_path / "one.npy.ids.txt")
     assert len(lines(tmp_path / "two.npy.ids.txt")) == 7
+
+
+def test_query_pooling_gives_a_finetuned_models_readout_features(tmp_path):
+    from sma.model import build_finetune_model
+
+    cfg = TrainConfig(model=tiny_perceiver(TEXT_LEN), masking=TEXT_MASKING)
+    torch.manual_seed(1)
+    model = build_finetune_model(cfg.model, num_outputs=3).eval()
+    ckpt = tmp_path / "ft.pt"
+    atomic_torch_save({"format": FORMAT, "config": to_dict(cfg), "model": model.state_dict(), "step": 5}, ckpt)
+    src = tmp_path / "s.txt"
+    src.write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "q.npy"
+    assert embed(ckpt, src, "--out", out, "--pool", "query") == 0
+    with torch.no_grad():
+        want = model.features(encode_batch(SENTENCES, max_len=TEXT_LEN, truncate=True)).numpy()
+    np.testing.assert_allclose(np.load(out), want, atol=1e-5)
+    assert embed(ckpt, src, "--out", tmp_path / "m.npy") == 0  # mean pooling of the fine-tuned encoder
+    with torch.no_grad():
+        np.testing.assert_allclose(np.load(tmp_path / "m.npy"), forward_on_texts(model.backbone, SENTENCES), atol=1e-5)
