@@ -5,7 +5,8 @@ Two failure modes of self-guided masking show in these numbers (README, "Mask di
 - *collapse onto positions*: the masks pile up on a few positions (low ``position_entropy``, high
   ``top_share``), so the other positions are rarely reconstructed;
 - *content leak*: which tokens are chosen depends on their content, so the choice itself tells the
-  decoder something (``byte_class_shares`` far from 1; a guided loss below what the data allow).
+  decoder something (``byte_tv`` well above random's, class shares far from 1, a guided loss below
+  what the data allow).
 
 Everything here is a pure function of masks ``(B, n)`` bool (True = masked) and ``valid`` ``(B, n)``
 bool. ``MaskTally`` keeps the running sums of an evaluation in one float64 vector, so ranks all-reduce
@@ -97,36 +98,40 @@ def class_shares(masked: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
     return {name: float(share[i]) for i, name in enumerate(BYTE_CLASSES) if valid[i] > 0}
 
 
+def byte_tv(masked: torch.Tensor, valid: torch.Tensor) -> float:
+    """Total variation distance between the byte distribution of the masked tokens and that of the valid
+    tokens: 0 = the masks ignore what the bytes are, 1 = they only ever take bytes that are otherwise
+    absent. Random masks give sampling noise only. masked, valid: (VOCAB_SIZE,) counts per id."""
+    if masked.sum() <= 0:
+        return float("nan")
+    return float(0.5 * (masked / masked.sum() - valid / valid.sum()).abs().sum())
+
+
 class MaskTally:
     """Running sums for the diagnostics of one kind of mask, over an evaluation's batches:
-    per-position masked / valid counts (positions 0..max_len-1), per-byte-class counts, and the
-    Jaccard overlap of two draws. ``vector`` is one float64 tensor (all-reduce it across ranks, then
-    ``load`` it back); ``summary`` turns the sums into figures."""
+    per-position masked / valid counts (positions 0..max_len-1), per-byte-id counts (byte inputs), and
+    the Jaccard overlap of two draws. ``vector`` is one float64 tensor (all-reduce it across ranks,
+    then ``load`` it back); ``summary`` turns the sums into figures."""
 
     def __init__(self, max_len: int, device: torch.device | str = "cpu") -> None:
-        self.max_len = max_len
-        c = len(BYTE_CLASSES)
-        self.vector = torch.zeros(2 * max_len + 2 * c + 2, dtype=torch.float64, device=device)
-        self.pos_masked, self.pos_valid = self.vector[:max_len], self.vector[max_len:2 * max_len]
-        rest = self.vector[2 * max_len:]
-        self.class_masked, self.class_valid, self.overlap = rest[:c], rest[c:2 * c], rest[2 * c:]
+        self.vector = torch.zeros(2 * max_len + 2 * VOCAB_SIZE + 2, dtype=torch.float64, device=device)
+        self.pos_masked, self.pos_valid, self.byte_masked, self.byte_valid, self.overlap = self.vector.split(
+            [max_len, max_len, VOCAB_SIZE, VOCAB_SIZE, 2])
 
     def load(self, vector: torch.Tensor) -> "MaskTally":
         self.vector.copy_(vector)
         return self
 
     def add(self, mask: torch.Tensor, valid: torch.Tensor, ids: torch.Tensor | None = None) -> None:
-        """mask, valid: (B, n) bool, n <= max_len; ids: (B, n) byte ids for the class counts (None for
+        """mask, valid: (B, n) bool, n <= max_len; ids: (B, n) byte ids for the per-byte counts (None for
         continuous inputs)."""
         n = mask.shape[1]
         mask = mask & valid
         self.pos_masked[:n] += mask.sum(0)
         self.pos_valid[:n] += valid.sum(0)
         if ids is not None:
-            cls = byte_classes(ids)
-            c = len(BYTE_CLASSES)
-            self.class_masked += torch.bincount(cls[mask], minlength=c)
-            self.class_valid += torch.bincount(cls[valid], minlength=c)
+            self.byte_masked += torch.bincount(ids[mask], minlength=VOCAB_SIZE)
+            self.byte_valid += torch.bincount(ids[valid], minlength=VOCAB_SIZE)
 
     def add_overlap(self, first: torch.Tensor, second: torch.Tensor) -> None:
         """Two draws (B, n) bool for the same inputs (different generator seeds)."""
@@ -134,14 +139,23 @@ class MaskTally:
         self.overlap[0] += overlap[defined].sum()
         self.overlap[1] += defined.sum()
 
+    def class_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked and valid counts per byte class, (len(BYTE_CLASSES),) each."""
+        table = _CLASS_OF_ID.to(self.vector.device)
+        zeros = torch.zeros(len(BYTE_CLASSES), dtype=torch.float64, device=self.vector.device)
+        return zeros.index_add(0, table, self.byte_masked), zeros.index_add(0, table, self.byte_valid)
+
     def summary(self, suffix: str = "") -> dict[str, float]:
         """``mask_position_entropy``, ``mask_top15_share``, ``mask_draw_overlap`` (when two draws were
-        added) and ``mask_share_<class>`` (byte inputs, classes present), each key + ``suffix``."""
+        added), and for byte inputs ``mask_byte_tv`` and ``mask_share_<class>`` (classes present), each
+        key + ``suffix``."""
         out = {"mask_position_entropy": position_entropy(self.pos_masked, self.pos_valid),
                "mask_top15_share": top_share(self.pos_masked, self.pos_valid)}
         if self.overlap[1] > 0:
             out["mask_draw_overlap"] = float(self.overlap[0] / self.overlap[1])
-        out.update({f"mask_share_{name}": v for name, v in class_shares(self.class_masked, self.class_valid).items()})
+        if self.byte_valid.sum() > 0:
+            out["mask_byte_tv"] = byte_tv(self.byte_masked, self.byte_valid)
+            out.update({f"mask_share_{name}": v for name, v in class_shares(*self.class_counts()).items()})
         return {k + suffix: v for k, v in out.items()}
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sma.inputs import NUM_SPECIAL, SEP, encode_batch
-from sma.mask_stats import (BYTE_CLASSES, MaskTally, byte_classes, class_shares, jaccard, position_entropy,
+from sma.mask_stats import (BYTE_CLASSES, MaskTally, byte_classes, byte_tv, class_shares, jaccard, position_entropy,
                             random_overlap, top_share)
 
 
@@ -77,8 +77,11 @@ def test_tally_sums_batches_in_a_fixed_position_frame():
     tally.add(mask[:, :3], valid[:, :3], ids[:, :3])  # a shorter batch lands on the same positions
     assert tally.pos_masked.tolist() == [2, 2, 2, 0, 0, 0]
     assert tally.pos_valid.tolist() == [4, 4, 2, 1, 0, 0]
-    assert tally.class_masked.tolist() == [2, 2, 0, 0, 2]  # a, 1, SEP
-    assert tally.class_valid.tolist() == [6, 2, 0, 0, 3]
+    masked, valid_classes = tally.class_counts()
+    assert masked.tolist() == [2, 2, 0, 0, 2]  # a, 1, SEP
+    assert valid_classes.tolist() == [6, 2, 0, 0, 3]
+    a, one = ord("a") + NUM_SPECIAL, ord("1") + NUM_SPECIAL
+    assert tally.byte_masked[[a, one, SEP]].tolist() == [2, 2, 2] and tally.byte_masked.sum() == 6
     tally.add_overlap(mask, mask)
     summary = tally.summary("_x")
     assert summary["mask_draw_overlap_x"] == 1.0
@@ -88,7 +91,16 @@ def test_tally_sums_batches_in_a_fixed_position_frame():
     assert summary["mask_top15_share_x"] == pytest.approx(0.5)  # round(0.15 * 4) = 1 position: 1.0 of 2.0
     assert set(summary) >= {"mask_share_letters_x", "mask_share_digits_x", "mask_share_other_x"}
     assert summary["mask_share_letters_x"] == pytest.approx((2 / 6) / (6 / 11))
+    # masked a, 1, SEP: 1/3 each; valid a 4/11, b 2/11, 1 2/11, SEP 3/11
+    assert summary["mask_byte_tv_x"] == pytest.approx(0.5 * (1 / 33 + 2 / 11 + 5 / 33 + 2 / 33))
     assert "mask_share_punctuation_x" not in summary and "mask_share_whitespace_x" not in summary
+
+
+def test_byte_tv_is_zero_without_preference_and_one_for_disjoint_bytes():
+    valid = torch.tensor([0, 0, 10.0, 30.0, 0])
+    assert byte_tv(torch.tensor([0, 0, 1.0, 3.0, 0]), valid) == pytest.approx(0.0)
+    assert byte_tv(torch.tensor([0, 0, 4.0, 0, 0]), valid) == pytest.approx(0.75)
+    assert byte_tv(torch.tensor([0, 0, 0, 0, 2.0]), valid) == pytest.approx(1.0)
 
 
 def test_tally_round_trips_through_its_vector():

@@ -21,6 +21,7 @@ def test_every_evaluation_logs_mask_diagnostics_in_range(tmp_path: Path) -> None
             assert 0.0 < r[f"mask_position_entropy{suffix}"] <= 1.0
             assert 0.15 <= r[f"mask_top15_share{suffix}"] <= 1.0
             assert 0.0 <= r[f"mask_draw_overlap{suffix}"] <= 1.0
+            assert 0.0 <= r[f"mask_byte_tv{suffix}"] <= 1.0
             shares = {k: v for k, v in r.items() if k.startswith("mask_share_") and k.endswith(suffix)}
             assert "mask_share_letters" + suffix in shares and "mask_share_whitespace" + suffix in shares
             assert all(math.isfinite(v) and v >= 0 for v in shares.values())
