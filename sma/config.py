@@ -58,6 +58,10 @@ class MaskingConfig:
     select_initial_ratio: float = 0.0  # r0 of the random -> guided curriculum
     curriculum_fraction: float = 0.0  # share of max_steps over which the cosine runs
     span_length: float = 3.0  # span baseline: mean span length
+    # What layer 1's selection scores see: "content" (the paper: keys of token + position embeddings) or
+    # "position" (keys, and the token queries, of the position embeddings alone, so the choice cannot
+    # depend on what the tokens are; the encoder's own attention is unchanged). README "Mask diagnostics".
+    selection_keys: str = "content"
 
 
 @dataclass
@@ -165,6 +169,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.encoder": ("perceiver", "transformer"),
     "masking.mode": ("guided", "random", "span", "word"),
     "masking.head_aggregation": ("mean", "random_mix"),
+    "masking.selection_keys": ("content", "position"),
     "data.format": ("builtin", "mds", "wds"),
     "data.builtin": ("text", "protein", "higgs", "smiles"),
     "optim.optimizer": ("torch_adamw", "deepspeed_adamw"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import NamedTuple
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ class Selector:
 
     choose: Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor]
     needs_attention: bool = True
+    # Score from layer 1 applied to the position embeddings alone (``masking.selection_keys: position``):
+    # the encoders then pass q and k of ``select_from`` (1, n, d_embed) instead of the inputs' own.
+    from_positions: bool = False
 
 
 def init_weights(module: nn.Module) -> None:
@@ -86,11 +89,14 @@ class InputEmbedding(nn.Module):
         self.position = nn.Parameter(torch.randn(cfg.max_len, cfg.d_embed) * 0.02)
         self.norm = nn.LayerNorm(cfg.d_embed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, content: bool = True) -> torch.Tensor:
+        """With ``content=False``: the position embeddings alone, normalized the same way, (1, n, D)."""
         n = x.shape[1]
         # Shape checks only (no device sync): wrong data for this model fails here with a clear message.
         if n > self.position.shape[0]:
             raise InputError(f"inputs have {n} tokens, the model's max_len is {self.position.shape[0]}")
+        if not content:
+            return self.norm(self.position[None, :n])
         if self.discrete:
             if x.ndim != 2 or torch.is_floating_point(x):
                 raise InputError(f"this model takes (B, n) byte ids, got {x.dtype} {tuple(x.shape)}")
@@ -131,8 +137,10 @@ class PerceiverEncoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.width = d
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, select: Selector | None = None) -> EncoderOutput:
-        """x: (B, n, d_embed) embedded inputs, valid: (B, n)."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, select: Selector | None = None,
+                select_from: torch.Tensor | None = None) -> EncoderOutput:
+        """x: (B, n, d_embed) embedded inputs, valid: (B, n); select_from: (1, n, d_embed) embedded
+        positions whose keys the selection scores instead of the inputs' (``Selector.from_positions``)."""
         b = x.shape[0]
         latents = self.latents.expand(b, -1, -1)  # (B, l, D)
         attn = self.cross.attn
@@ -140,8 +148,11 @@ class PerceiverEncoder(nn.Module):
         kv = self.cross.normalize_kv(x)
         q, k = attn.project_q(h), attn.project_k(kv)  # (B, H, l, dk), (B, H, n, dk)
         mask = torch.zeros_like(valid)
-        if select is not None:
-            mask = select.choose(q.detach(), k.detach()) if select.needs_attention else select.choose(None, None)
+        if select is not None and select.needs_attention:
+            k_sel = k if select_from is None else attn.project_k(self.cross.normalize_kv(select_from)).expand_as(k)
+            mask = select.choose(q.detach(), k_sel.detach())
+        elif select is not None:
+            mask = select.choose(None, None)
         idx, key_valid = compact(valid & ~mask)
         out = attn.combine(q, gather_heads(k, idx), attn.project_v(gather_rows(kv, idx)), key_valid)
         z = self.cross.finish(latents, out)
@@ -164,8 +175,10 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.width = d
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, select: Selector | None = None) -> EncoderOutput:
-        """x: (B, n, d_embed) embedded inputs, valid: (B, n)."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, select: Selector | None = None,
+                select_from: torch.Tensor | None = None) -> EncoderOutput:
+        """x: (B, n, d_embed) embedded inputs, valid: (B, n); select_from: (1, n, d_embed) embedded
+        positions whose queries and keys the selection scores instead (``Selector.from_positions``)."""
         first, rest = self.layers[0], self.layers[1:]
         if select is not None and select.needs_attention:
             # Layer 1's q and k over all tokens choose the mask; the visible tokens' rows of the same q
@@ -174,7 +187,11 @@ class TransformerEncoder(nn.Module):
             attn = first.attn
             h = first.norm_q(x)
             q, k = attn.project_q(h), attn.project_k(h)  # (B, H, n, dk)
-            mask = select.choose(q.detach(), k.detach())
+            q_sel, k_sel = q, k
+            if select_from is not None:
+                h_sel = first.norm_q(select_from)
+                q_sel, k_sel = attn.project_q(h_sel).expand_as(q), attn.project_k(h_sel).expand_as(k)
+            mask = select.choose(q_sel.detach(), k_sel.detach())
             idx, key_valid = compact(valid & ~mask)
             out = attn.combine(gather_heads(q, idx), gather_heads(k, idx), attn.project_v(gather_rows(h, idx)),
                                key_valid)
@@ -226,6 +243,8 @@ class SMAEncoder(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor,
                 select: Selector | None = None) -> EncoderOutput:
         """x: (B, n) ids or (B, n, d_raw) values, valid: (B, n)."""
+        if select is not None and select.from_positions:
+            return self.encoder(self.embed(x), valid, select, select_from=self.embed(x, content=False))
         return self.encoder(self.embed(x), valid, select)
 
 
@@ -285,7 +304,7 @@ class SMAPretrainModel(nn.Module):
                 query_valid=valid if self_attention else None, guided_share=guided_share, ids=ids,
                 return_chosen=True)
             return mask
-        return Selector(choose)
+        return Selector(choose, from_positions=m.selection_keys == "position")
 
     def _timed(self, select: Selector | None, record: dict) -> Selector | None:
         if select is None:
@@ -301,7 +320,7 @@ class SMAPretrainModel(nn.Module):
                 torch.cuda.synchronize()
             record["seconds"] = time.perf_counter() - start
             return mask
-        return Selector(timed, select.needs_attention)
+        return replace(select, choose=timed)
 
     # -- forward ----------------------------------------------------------------------------------
     def decoder_queries(self, positions: torch.Tensor) -> torch.Tensor:

@@ -94,12 +94,13 @@ def _train(model, batches, steps, seed):
 
 
 @pytest.mark.parametrize("case", ["perceiver-text", "transformer-table"])
-@pytest.mark.parametrize("mode", ["guided", "random", "curriculum"])
+@pytest.mark.parametrize("mode", ["guided", "random", "curriculum", "position-keys"])
 def test_training_is_equivalent_under_a_fixed_permutation(case, mode):
     make_cfg, masking, make_batch = CASES[case]
     masking = dataclasses.replace(masking, mode="random" if mode == "random" else "guided",
                            select_initial_ratio=1.0 if mode == "curriculum" else 0.0,
-                           curriculum_fraction=0.5 if mode == "curriculum" else 0.0)
+                           curriculum_fraction=0.5 if mode == "curriculum" else 0.0,
+                           selection_keys="position" if mode == "position-keys" else "content")
     torch.manual_seed(0)
     model = build_pretrain_model(make_cfg(), masking)
     batch = make_batch()
@@ -113,6 +114,35 @@ def test_training_is_equivalent_under_a_fixed_permutation(case, mode):
     permuted = _train(permuted_model, permuted_batches, steps=5, seed=4)
     assert len(set(base)) > 1, "losses should change as the model trains"
     assert base == pytest.approx(permuted, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["perceiver-text", "transformer-table"])
+def test_position_keys_choose_masks_blind_to_token_content(case):
+    with torch.random.fork_rng():  # seeds its own draws and leaves the global RNG as it found it
+        _check_position_keys_blind_to_content(*CASES[case])
+
+
+def _check_position_keys_blind_to_content(make_cfg, masking, make_batch):
+    batch = make_batch()
+    torch.manual_seed(7)  # other contents (not table_batch's seed), the same padding
+    noise = torch.randint(6, 262, batch.valid.shape) if batch.is_discrete else torch.randn_like(batch.inputs)
+    other = Batch(noise * (batch.valid if batch.is_discrete else batch.valid[..., None]), batch.valid)
+
+    def masks(keys):
+        torch.manual_seed(1)
+        model = build_pretrain_model(make_cfg(), dataclasses.replace(masking, selection_keys=keys))
+        with torch.no_grad():  # sharp first-layer attention (at init it is nearly uniform)
+            for p in model.parameters():
+                if p.ndim == 2:
+                    p.normal_(std=0.5)
+            # the same weights and seed for both batches
+            return [model(b, generator=torch.Generator().manual_seed(3)).mask for b in (batch, other)]
+
+    content = masks("content")
+    assert not torch.equal(*content), "with content keys the choice depends on what the tokens are"
+    by_position = masks("position")
+    assert torch.equal(*by_position)
+    assert not torch.equal(by_position[0], content[0])
 
 
 def test_batch_with_a_sample_without_masked_tokens_gives_finite_loss():

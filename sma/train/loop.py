@@ -14,6 +14,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sma.config import ConfigError, TrainConfig, to_dict, to_yaml
 from sma.inputs import Batch
+from sma.mask_stats import MaskTally, mask_report
+from sma.masking import num_to_mask, random_mask
 from sma.train.checkpointing import CheckpointManager, check_resume, find_checkpoint, tag_for
 from sma.train.env import DistEnv
 from sma.train.memory import model_state_mb, peak_memory_mb
@@ -52,6 +54,10 @@ class Evaluator:
     - ``eval_loss_random_masks``: the same fixed-seed random masks at every evaluation, whatever the
       run's mode: comparable across steps, runs and masking modes.
 
+    Also the mask diagnostics of ``sma.mask_stats`` for both kinds (``mask_*`` and ``mask_*_random``),
+    from the same fixed-seed masks: the passes' own masks, plus one second draw per batch (another
+    generator seed) for ``mask_draw_overlap``, which for the run's masks costs one more forward pass.
+
     Leaves the global RNG untouched so training continues identically."""
 
     def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
@@ -60,29 +66,50 @@ class Evaluator:
         self.cfg, self.env = cfg, env
         self.loader = build_loader(cfg, split="eval", rank=env.rank, world_size=env.world_size)
 
-    def _loss(self, engine: Any, progress: float, mode: str) -> torch.Tensor:
-        gen = torch.Generator(self.env.device).manual_seed(self.cfg.seed + _EVAL_SEED_OFFSET + self.env.rank)
+    def _generator(self, draw: int) -> torch.Generator:
+        """Fixed seeds, one stream per rank and draw (draw 0 gives the masks of the losses)."""
+        seed = self.cfg.seed + _EVAL_SEED_OFFSET + self.env.rank + draw * _RANK_SEED_STRIDE
+        return torch.Generator(self.env.device).manual_seed(seed)
+
+    def _second_draw(self, engine: Any, batch: Batch, progress: float, gen: torch.Generator,
+                     mode: str) -> torch.Tensor:
+        """Another mask (B, n) for the same batch; random masks need no model."""
+        if mode == "random":
+            return random_mask(batch.valid, num_to_mask(batch.valid.sum(1), self.cfg.masking.ratio), generator=gen)
+        return engine(batch, progress=progress, generator=gen, mode=mode).mask
+
+    def _pass(self, engine: Any, progress: float, mode: str) -> tuple[torch.Tensor, MaskTally]:
+        gen, second = self._generator(0), self._generator(1)
         total = torch.zeros(2, dtype=torch.float64, device=self.env.device)  # loss sum, batches
+        tally = MaskTally(self.cfg.model.max_len, self.env.device)
         for i, batch in enumerate(self.loader):
             if i == self.cfg.eval_batches:
                 break
-            out = engine(batch.to(self.env.device), progress=progress, generator=gen, mode=mode)
+            batch = batch.to(self.env.device)
+            out = engine(batch, progress=progress, generator=gen, mode=mode)
             total[0] += out.loss.double()
             total[1] += 1
-        return total
+            tally.add(out.mask, batch.valid, batch.inputs if batch.is_discrete else None)
+            tally.add_overlap(out.mask, self._second_draw(engine, batch, progress, second, mode))
+        return total, tally
 
     @torch.no_grad()
     def __call__(self, engine: Any, progress: float) -> dict[str, float]:
         saved = rng_state()
         engine.eval()
-        own = self._loss(engine, progress, self.cfg.masking.mode)
-        rand = own if self.cfg.masking.mode == "random" else self._loss(engine, progress, "random")
+        own, own_tally = self._pass(engine, progress, self.cfg.masking.mode)
+        rand, rand_tally = ((own, own_tally) if self.cfg.masking.mode == "random"
+                            else self._pass(engine, progress, "random"))
         engine.train()
         set_rng_state(saved)
-        totals = torch.stack([own, rand])
-        torch.distributed.all_reduce(totals)
-        own_loss, random_loss = (float(t[0] / t[1].clamp(min=1)) for t in totals)
-        return {"eval_loss": own_loss, "eval_loss_random_masks": random_loss}
+        totals = torch.cat([own, rand, own_tally.vector, rand_tally.vector])
+        torch.distributed.all_reduce(totals)  # one call for the losses and every diagnostic sum
+        size = own_tally.vector.numel()
+        own_loss, random_loss = (float(t[0] / t[1].clamp(min=1)) for t in totals[:4].view(2, 2))
+        own_tally.load(totals[4:4 + size])
+        rand_tally.load(totals[4 + size:])
+        return {"eval_loss": own_loss, "eval_loss_random_masks": random_loss, **own_tally.summary(),
+                **rand_tally.summary("_random")}
 
 
 class Trainer:
@@ -338,6 +365,7 @@ class Pretrainer(Trainer):
                      "(fixed random masks: comparable across steps and runs)", self.step, record["eval_loss"],
                      cfg.masking.mode, ", chosen by the current weights" if cfg.masking.mode == "guided" else "",
                      record["eval_loss_random_masks"])
+            log.info("masks at step %d (the run's / random): %s", self.step, mask_report(record))
         return False
 
     def summary(self) -> str:
