@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / ".ci" / "requirements.lock"
 # What mosaicml-streaming declares and sma leaves out (pyproject.toml says why).
 LEFT_OUT = frozenset(canonicalize_name(n) for n in (
-    "torchvision", "matplotlib", "oci", "paramiko", "google-cloud-storage", "azure-identity",
+    "torchvision", "oci", "paramiko", "google-cloud-storage", "azure-identity",
     "azure-storage-blob", "azure-storage-file-datalake"))
 
 
