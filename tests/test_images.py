@@ -292,6 +292,48 @@ def test_patch_mode_trains_the_model_on_image_batches():
     out.loss.backward()
 
 
+# ---- fine-tuning: the images task ------------------------------------------------------------------
+
+def test_images_task_loads_an_image_folder_like_the_prep_command(tmp_path):
+    from sma.config import TaskConfig
+    from sma.finetune.tasks import load_task
+
+    files = write_image_folder(tmp_path / "imgs", train_per_class=4)
+    data = load_task(TaskConfig(name="images", path=str(tmp_path / "imgs"), fractions=[0.7, 0.2, 0.1]), RES * RES)
+    assert (data.kind, data.num_outputs, data.modality, data.metrics) == ("classification", 2, "continuous",
+                                                                         ("accuracy",))
+    assert data.label_names == ["cat", "dog"] and data.info["grid"] == [RES, RES, 3]
+    assert {s: len(data.splits[s]) for s in ("train", "valid", "test")} == {"train": 16, "valid": 4, "test": 5}
+    ids = {s: data.splits[s].ids for s in data.splits}
+    assert sorted(ids["train"] + ids["valid"]) == sorted(r for r in files if r.startswith("train/"))
+    train_px = np.concatenate([expected_pixels(files[i]) for i in ids["train"]]).astype(np.float64)
+    mean, std = train_px.mean(0), train_px.std(0)
+    test = data.splits["test"]
+    for x, y, rel in zip(test.inputs, test.targets, test.ids):
+        assert x.shape == (RES * RES, 3) and x.dtype == np.float32
+        assert np.allclose(x, (expected_pixels(files[rel]) - mean) / std, atol=1e-4)  # train statistics
+        assert y == (0 if "/cat/" in rel else 1)
+    again = load_task(TaskConfig(name="images", path=str(tmp_path / "imgs"), fractions=[0.7, 0.2, 0.1]), RES * RES)
+    other = load_task(TaskConfig(name="images", path=str(tmp_path / "imgs"), fractions=[0.7, 0.2, 0.1],
+                                 split_seed=1), RES * RES)
+    assert again.splits["valid"].ids == ids["valid"] != other.splits["valid"].ids
+
+
+def test_images_task_names_bad_settings_and_bad_files(tmp_path):
+    from sma.config import TaskConfig
+    from sma.finetune.tasks import load_task
+    from sma.inputs import InputError
+
+    write_image_folder(tmp_path / "imgs")
+    with pytest.raises(ConfigError, match="model.max_len: .* 200 is not a square"):
+        load_task(TaskConfig(name="images", path=str(tmp_path / "imgs")), 200)
+    with pytest.raises(ConfigError, match="task.path: .* has no train/ folder"):
+        load_task(TaskConfig(name="images", path=str(tmp_path / "imgs" / "train")), RES * RES)
+    write_bad_images(tmp_path / "imgs")
+    with pytest.raises(InputError, match=r"train/dog/broken.jpg: not a decodable image"):
+        load_task(TaskConfig(name="images", path=str(tmp_path / "imgs")), RES * RES)
+
+
 # ---- a tiny pretraining run through the real trainer -------------------------------------------------
 
 @pytest.mark.slow
