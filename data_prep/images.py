@@ -226,7 +226,8 @@ def plan(srcs: list[str], split: str, eval_fraction: float, images_per_part: int
         fs, path = filesystem(url, endpoint_url)
         name = url.rstrip("/").rsplit("/", 1)[-1]
         if fs.isdir(path):
-            subdirs = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(path, detail=False) if fs.isdir(p)}
+            subdirs = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=True)
+                       if e["type"] == "directory"}
             split_dirs = [s for s in SPLITS if s in subdirs]
             for s, folder in ([(s, join(url, s)) for s in split_dirs] or [(split_from_name(url, SPLITS, split), url)]):
                 listings[folder] = list_folder(folder, endpoint_url)

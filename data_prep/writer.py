@@ -17,6 +17,7 @@ Destination layout::
     <dst>/<split>/part-NNNNN-MMMMMM.tar[.gz] tar shards
     <dst>/<split>/part-NNNNN.json            per-part completion record
     <dst>/<split>/stats.json                 continuous data: per-feature mean/std of the train split
+                                             (images: per-channel over all pixels)
 """
 
 from __future__ import annotations

@@ -252,6 +252,24 @@ def test_patch_config_is_validated_naming_the_key():
         load_config(None, [*base, "masking.patch_grid=[16,16]", "masking.patch_size=17"])
 
 
+def test_image_recipe_and_its_baselines_differ_only_in_masking_mode_and_run_dir():
+    from sma.config import to_dict
+
+    base = load_config(REPO / "configs" / "image_8l.yaml")
+    m = base.model
+    assert (m.modality, m.d_raw, m.max_len, m.encoder, m.num_latents, m.num_layers) == (
+        "continuous", 3, 192 * 192, "perceiver", 512, 8)
+    assert base.masking.ratio == 0.75 and m.activation_checkpointing and base.precision == "bf16"
+    assert round(m.max_len * base.masking.ratio / base.masking.num_per_query) == 256  # chosen latents
+    for name, mode in (("image_8l_random", "random"), ("image_patch", "patch")):
+        other = to_dict(load_config(REPO / "configs" / f"{name}.yaml"))
+        assert other["masking"]["mode"] == mode
+        other["masking"]["mode"], other["run_dir"] = "guided", to_dict(base)["run_dir"]
+        assert other == to_dict(base), name
+    tiny = load_config(REPO / "configs" / "tiny_image.yaml", ["masking.mode=patch"])
+    assert tiny.model.max_len == 32 * 32 and tiny.masking.patch_grid == [32, 32]
+
+
 def _image_batch(h: int = 8, w: int = 8, batch: int = 4) -> Batch:
     x = torch.randn(batch, h * w, 3, generator=torch.Generator().manual_seed(0))
     return Batch(x, torch.ones(batch, h * w, dtype=torch.bool))
