@@ -17,6 +17,7 @@ Destination layout::
     <dst>/<split>/part-NNNNN-MMMMMM.tar[.gz] tar shards
     <dst>/<split>/part-NNNNN.json            per-part completion record
     <dst>/<split>/stats.json                 continuous data: per-feature mean/std of the train split
+                                             (images: per-channel over all pixels)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from data_prep.shards import make_sink
 from sma.data.streaming_import import import_streaming
-from sma.data.samples import Sample, check_sample, pack_windows
+from sma.data.samples import Sample, check_sample, pack_windows, tokens_of
 from sma.data.storage import filesystem, join
 from sma.inputs import InputError
 
@@ -102,6 +103,10 @@ class Corpus:
     def settings(self) -> dict[str, Any]:
         """Everything that changes the output besides the sources (part of each part's fingerprint)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def split_info(self, split: str) -> dict[str, Any]:
+        """What readers should know about a split's samples beyond the generic counts (images: the grid)."""
+        return {}
 
 
 class WindowCorpus(Corpus):
@@ -170,7 +175,8 @@ def fingerprint(corpus: Corpus, part: Part, opts: WriteOptions) -> str:
 
 
 class _Stats:
-    """Running sums for per-feature standardization (float64 so 11M rows lose nothing)."""
+    """Running sums for per-feature standardization (float64 so 11M rows lose nothing), or per-channel
+    over all pixels for images (float64 sums of uint8 values stay exact up to ~10^11 pixels)."""
 
     def __init__(self) -> None:
         self.count, self.sum, self.sumsq = 0, None, None
@@ -182,6 +188,15 @@ class _Stats:
         self.count += 1
         self.sum += x
         self.sumsq += x * x
+
+    def add_pixels(self, px: np.ndarray) -> None:
+        """Per-channel sums over every pixel of an image ``(H*W, C)``: statistics of shape ``(1, C)``."""
+        x = px.astype(np.float64)
+        if self.sum is None:
+            self.sum, self.sumsq = np.zeros((1, x.shape[1])), np.zeros((1, x.shape[1]))
+        self.count += x.shape[0]
+        self.sum += x.sum(0, keepdims=True)
+        self.sumsq += (x * x).sum(0, keepdims=True)
 
     def as_dict(self) -> dict[str, Any] | None:
         if self.sum is None:
@@ -236,11 +251,14 @@ def write_part(corpus: Corpus, part: Part, opts: WriteOptions, progress: Callabl
             except InputError as e:  # a corpus module bug rather than bad input: always stop
                 raise PrepError(str(e)) from None
             sink.write(sample)
-            tokens = sample["ids"] if "ids" in sample else sample["x"]
+            tokens = tokens_of(sample)
             result.longest = max(result.longest, len(tokens))
             if "x" in sample:
                 stats.add(sample["x"])
-                result.d_raw = sample["x"].shape[1]
+            elif "px" in sample:
+                stats.add_pixels(sample["px"])
+            if tokens.ndim == 2:
+                result.d_raw = tokens.shape[1]
             result.samples += 1
             pending += 1
             pending_bytes += sum(np.asarray(v).nbytes for v in sample.values())
@@ -438,7 +456,7 @@ def _split_info(corpus: Corpus, opts: WriteOptions, res: list[PartResult], warni
             "dropped": sum(r.dropped for r in res), "dropped_what": corpus.dropped_what,
             "settings": corpus.settings(), "compression": opts.compression,
             "longest": None if None in longest else max(longest), "d_raw": min(d_raw) if len(d_raw) == 1 else None,
-            "warnings": warnings, "parts": [r.record() for r in res]}
+            "warnings": warnings, "parts": [r.record() for r in res], **corpus.split_info(res[0].part.split)}
 
 
 def _keep_other_splits(fs, path: str, manifest: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ class ModelConfig:
 class MaskingConfig:
     """Mask selection (the SMA paper)."""
 
-    mode: str = "guided"  # guided | random | span | word
+    mode: str = "guided"  # guided | random | span | word | patch
     ratio: float = 0.15
     num_per_query: float = 4.0
     head_aggregation: str = "mean"  # mean | random_mix
@@ -62,6 +62,8 @@ class MaskingConfig:
     # "position" (keys, and the token queries, of the position embeddings alone, so the choice cannot
     # depend on what the tokens are; the encoder's own attention is unchanged). README "Mask diagnostics".
     selection_keys: str = "content"
+    patch_grid: list[int] = field(default_factory=list)  # patch baseline: image [H, W] (H * W = model.max_len)
+    patch_size: int = 16  # patch baseline: side of the square patches
 
 
 @dataclass
@@ -167,7 +169,7 @@ class TrainConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.modality": ("bytes", "continuous"),
     "model.encoder": ("perceiver", "transformer"),
-    "masking.mode": ("guided", "random", "span", "word"),
+    "masking.mode": ("guided", "random", "span", "word", "patch"),
     "masking.head_aggregation": ("mean", "random_mix"),
     "masking.selection_keys": ("content", "position"),
     "data.format": ("builtin", "mds", "wds"),
@@ -226,6 +228,14 @@ def validate_model(model: ModelConfig, masking: MaskingConfig | None = None, pre
         if masking.mode in ("span", "word"):
             need(model.modality == "bytes" or masking.mode == "span", "masking.mode",
                  "word masking needs modality=bytes")
+        if masking.mode == "patch":
+            grid = list(masking.patch_grid)
+            need(len(grid) == 2 and min(grid) >= 1, "masking.patch_grid",
+                 f"the patch baseline needs the image grid [H, W], got {grid}")
+            need(grid[0] * grid[1] == model.max_len, "masking.patch_grid",
+                 f"{grid} has {grid[0] * grid[1]} pixels, model.max_len is {model.max_len}; they must be equal")
+            need(1 <= masking.patch_size <= min(grid), "masking.patch_size",
+                 f"must lie in [1, {min(grid)}] for the grid {grid}, got {masking.patch_size}")
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -1,5 +1,5 @@
 """Mask selection (the SMA paper): self-guided masking from the first layer's attention,
-the random -> guided curriculum, and the random / span / word baselines.
+the random -> guided curriculum, and the random / span / word / patch baselines.
 
 Conventions: ``valid`` is ``(B, n)`` bool (True = real token); returned masks are ``(B, n)`` bool with
 True = masked. Nothing here is differentiable: selection runs under ``torch.no_grad``.
@@ -245,4 +245,25 @@ def word_mask(ids: torch.Tensor, valid: torch.Tensor, ratio: float, *,
     # Rank by word (random), then by position inside the word so a cut keeps a word's prefix.
     pos = torch.arange(valid.shape[1], device=valid.device, dtype=torch.float32) / (valid.shape[1] + 1)
     score = word_noise - pos * 1e-6 - is_space.float()
+    return top_k_mask(score, num_to_mask(valid.sum(1), ratio), valid)
+
+
+def patch_mask(valid: torch.Tensor, ratio: float, grid: tuple[int, int] | list[int], patch_size: int, *,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Baseline for images (MAE's patches, over pixel tokens): square ``patch_size`` patches tiling the
+    ``grid = (H, W)`` from the top-left (the patches on the bottom and right edges are smaller when H or W
+    is not a multiple of ``patch_size``). Tokens are pixels in row-major order. Each sample takes its
+    patches in a random order, whole, until ``k_b = round(r * n_valid)`` tokens are masked; the last
+    patch taken is cut when ``k_b`` is not a sum of whole patches, and keeps its first pixels in row-major
+    order. The only function that knows the grid. valid: (B, H*W) -> (B, H*W)."""
+    b, n = valid.shape
+    h, w = grid
+    if n != h * w:
+        raise ValueError(f"patch masking: {n} tokens, but the grid {h} x {w} has {h * w} pixels")
+    rows = torch.arange(h, device=valid.device) // patch_size
+    cols = torch.arange(w, device=valid.device) // patch_size
+    patch = (rows[:, None] * (-(-w // patch_size)) + cols[None, :]).reshape(-1)  # (n,) patch of each pixel
+    order = rank_desc(torch.rand(b, int(patch.max()) + 1, device=valid.device, generator=generator))
+    # A distinct rank per patch; ties between a patch's pixels go to the lower index (row-major order).
+    score = -order[:, patch].float()
     return top_k_mask(score, num_to_mask(valid.sum(1), ratio), valid)

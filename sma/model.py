@@ -20,6 +20,7 @@ from sma.attention import Block
 from sma.config import MaskingConfig, ModelConfig, validate_model
 from sma.inputs import VOCAB_SIZE, Batch, InputError
 from sma.masking import curriculum_schedule, num_to_mask, random_mask, self_guided_mask, span_mask, word_mask
+from sma.masking import patch_mask
 
 
 @dataclass
@@ -291,6 +292,9 @@ class SMAPretrainModel(nn.Module):
             return Selector(lambda q, k: span_mask(valid, m.ratio, m.span_length, generator=generator), False)
         if mode == "word":
             return Selector(lambda q, k: word_mask(batch.inputs, valid, m.ratio, generator=generator), False)
+        if mode == "patch":
+            return Selector(lambda q, k: patch_mask(valid, m.ratio, m.patch_grid, m.patch_size, generator=generator),
+                            False)
         if mode == "random":
             k_b = num_to_mask(valid.sum(1), m.ratio)
             return Selector(lambda q, k: random_mask(valid, k_b, ids=ids, generator=generator), False)

@@ -488,7 +488,7 @@ def test_glue_stsb_is_regression_and_mnli_chooses_its_dev_file(tmp_path):
 def test_registry_names_and_paper_figures():
     assert set(TASK_NAMES) == {"table", "higgs", "higgs_small", "tape_remote_homology", "tape_fluorescence",
                                "tape_stability", "bbbp", "bace", "hiv", "esol", "freesolv", "lipo", "cola", "sst2",
-                               "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"}
+                               "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "images"}
     assert [paper_figures(task(name="higgs", train_labels=n)) for n in (1000, 10_000, 100_000, 0)] == [
         {"accuracy": 0.6947}, {"accuracy": 0.7404}, {"accuracy": 0.7788}, {}]
     assert paper_figures(task(name="tape_stability")) == {"spearman": 0.80}

@@ -16,20 +16,23 @@ class Collate:
 
     Discrete samples give ``inputs (B, max_len)`` int64 ids; continuous ones ``inputs (B, max_len,
     d_raw)`` float32; ``valid (B, max_len)`` bool in both cases. Labels ``y`` (scalars or ``(C,)``
-    arrays) become float32 ``targets (B,)`` or ``(B, C)``. ``mean``/``std`` (each ``(n,)`` or ``(n, d_raw)``), when given, standardize
-    continuous values feature by feature with statistics stored next to the shards.
+    arrays) become float32 ``targets (B,)`` or ``(B, C)``. ``mean``/``std``, when given, standardize
+    continuous values with statistics stored next to the shards: ``(n, d_raw)`` (or ``(n,)``) feature by
+    feature, or ``(1, d_raw)`` channel by channel over every token (image pixels). uint8 pixels (``px``)
+    become float32 here, so shards keep one byte per value.
     """
 
     def __init__(self, max_len: int, mean: np.ndarray | None = None, std: np.ndarray | None = None):
         self.max_len = max_len
-        self.mean = None if mean is None else np.asarray(mean, dtype=np.float32).reshape(-1, 1)
-        self.std = None if std is None else np.asarray(std, dtype=np.float32).reshape(-1, 1)
+        self.mean = None if mean is None else _stats_array(mean)
+        self.std = None if std is None else _stats_array(std)
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         if "ids" in samples[0]:
             batch = pad_ids([s["ids"] for s in samples], self.max_len)
         else:
-            batch = pad_continuous([self._standardize(s["x"]) for s in samples], self.max_len)
+            key = "x" if "x" in samples[0] else "px"
+            batch = pad_continuous([self._standardize(np.asarray(s[key], dtype=np.float32)) for s in samples], self.max_len)
         if "y" in samples[0]:
             batch.targets = torch.tensor(np.array([s["y"] for s in samples], dtype=np.float32))
         return batch
@@ -37,11 +40,17 @@ class Collate:
     def _standardize(self, x: np.ndarray) -> np.ndarray:
         if self.mean is None or self.std is None:
             return x
-        if x.shape[0] != self.mean.shape[0]:
+        if self.mean.shape[0] != 1 and x.shape[0] != self.mean.shape[0]:
             raise InputError(
                 f"sample has {x.shape[0]} tokens but the stored statistics cover {self.mean.shape[0]}"
             )
         return (x - self.mean) / self.std
+
+
+def _stats_array(values) -> np.ndarray:
+    """float32 ``(n, d_raw)`` or ``(1, d_raw)``; a 1-D ``(n,)`` list means one value per token."""
+    a = np.asarray(values, dtype=np.float32)
+    return a.reshape(-1, 1) if a.ndim == 1 else a
 
 
 def collate_for_shards(max_len: int, split_url: str, endpoint_url: str = "") -> Collate:

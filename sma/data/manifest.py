@@ -1,8 +1,8 @@
 """What ``data_prep``'s ``manifest.json`` says about a split, checked against the model at start-up.
 
 A split URL is ``<dst>/<split>``; the manifest sits at ``<dst>/manifest.json``. Each split's entry
-records the settings it was written with (``window``), the tokens in its longest sample (``longest``)
-and, for continuous samples, ``d_raw``. Manifests written before those were recorded per split hold the
+records the settings it was written with (``window``), the tokens in its longest sample (``longest``),
+for continuous samples ``d_raw``, and for images the grid ``[H, W, C]``. Manifests written before those were recorded per split hold the
 window at top level only; it is read from there. Shards without a manifest (made by hand) are not
 checked here: a sample that does not fit is found when its batch is built.
 """
@@ -16,7 +16,7 @@ from sma.data.storage import join, read_json
 
 
 def split_record(url: str, endpoint_url: str = "") -> dict[str, Any] | None:
-    """``{"window", "longest", "d_raw"}`` (each None where not recorded) for the split at ``url``, or None
+    """``{"window", "longest", "d_raw", "grid"}`` (each None where not recorded) for the split at ``url``, or None
     when no manifest lists it."""
     parent, _, split = url.rstrip("/").rpartition("/")
     manifest = read_json(join(parent or ".", "manifest.json"), endpoint_url, missing_ok=True)
@@ -24,7 +24,8 @@ def split_record(url: str, endpoint_url: str = "") -> dict[str, Any] | None:
     if not isinstance(info, dict):
         return None
     settings = info.get("settings") or manifest.get("settings") or {}  # top level: older manifests
-    return {"window": settings.get("window"), "longest": info.get("longest"), "d_raw": info.get("d_raw")}
+    return {"window": settings.get("window"), "longest": info.get("longest"), "d_raw": info.get("d_raw"),
+            "grid": info.get("grid")}
 
 
 def check_fits_model(cfg: TrainConfig, split: str, url: str) -> None:
@@ -43,6 +44,10 @@ def check_fits_model(cfg: TrainConfig, split: str, url: str) -> None:
         if model.modality == "continuous" and record["d_raw"] != model.d_raw:
             raise ConfigError(f"model.d_raw: {model.d_raw}, but the samples of {where} have {record['d_raw']} "
                               f"value(s) per token; set model.d_raw={record['d_raw']}")
+        grid = record["grid"]
+        if grid and cfg.masking.mode == "patch" and list(cfg.masking.patch_grid) != list(grid[:2]):
+            raise ConfigError(f"masking.patch_grid: {list(cfg.masking.patch_grid)}, but the images of {where} are "
+                              f"{grid[0]} x {grid[1]} pixels; set masking.patch_grid=[{grid[0]},{grid[1]}]")
         return
     need = longest if longest is not None else window
     if need is not None and need > model.max_len:

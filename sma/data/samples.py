@@ -1,10 +1,12 @@
 """The sample format stored in shards, shared by ``data_prep`` (writing) and the readers.
 
-A sample is a dict with either
-  - ``ids``: int16 array ``(L,)`` of unpadded byte ids (``sma.inputs`` codec, L <= n), or
-  - ``x``: float32 array ``(n, d_raw)`` of continuous values, and optionally ``y``: a scalar label
-    (float32; class labels are stored as whole numbers).
-Padding to the model length happens only at collate time, so one set of shards serves any
+A sample is a dict with one of
+  - ``ids``: int16 array ``(L,)`` of unpadded byte ids (``sma.inputs`` codec, L <= n),
+  - ``x``: float32 array ``(n, d_raw)`` of continuous values,
+  - ``px``: uint8 array ``(H*W, C)`` of image pixels in row-major order (one token per pixel; 1 byte per
+    value on disk, turned into standardized float32 when batches are built),
+and, with ``x`` or ``px``, optionally ``y``: a scalar label (float32; class labels are stored as whole
+numbers). Padding to the model length happens only at collate time, so one set of shards serves any
 ``max_len`` >= the window length it was written with.
 """
 
@@ -21,10 +23,15 @@ from sma.inputs import InputError, encode
 Sample = dict[str, Any]
 
 # Column types for streaming.MDSWriter, one per field.
-MDS_COLUMNS = {"ids": "ndarray:int16", "x": "ndarray:float32", "y": "float32"}
+MDS_COLUMNS = {"ids": "ndarray:int16", "x": "ndarray:float32", "px": "ndarray:uint8", "y": "float32"}
 # The fields of each kind of sample.
 DISCRETE_FIELDS = ("ids",)
-CONTINUOUS_FIELDS = ("x",)
+CONTINUOUS_FIELDS = ("x", "px")
+
+
+def tokens_of(sample: Sample) -> np.ndarray:
+    """The token array of a checked sample: ``ids`` (L,), ``x`` (n, d_raw) or ``px`` (H*W, C)."""
+    return next(sample[k] for k in (*DISCRETE_FIELDS, *CONTINUOUS_FIELDS) if k in sample)
 
 
 def check_sample(sample: Sample, where: str) -> Sample:
@@ -42,11 +49,21 @@ def check_sample(sample: Sample, where: str) -> Sample:
             raise InputError(f"{where}: 'x' must be (n, d_raw), got shape {x.shape}")
         if not np.isfinite(x).all():
             raise InputError(f"{where}: 'x' has NaN or inf values")
-        out: Sample = {"x": x}
-        if sample.get("y") is not None:
-            out["y"] = np.float32(sample["y"])
-        return out
-    raise InputError(f"{where}: a sample needs an 'ids' or an 'x' field, got {sorted(sample)}")
+        return _with_label({"x": x}, sample)
+    if "px" in sample:
+        px = np.asarray(sample["px"])
+        if px.dtype != np.uint8:
+            raise InputError(f"{where}: 'px' must be uint8 pixels, got {px.dtype}")
+        if px.ndim != 2 or px.shape[0] == 0:
+            raise InputError(f"{where}: 'px' must be (H*W, channels), got shape {px.shape}")
+        return _with_label({"px": px}, sample)
+    raise InputError(f"{where}: a sample needs an 'ids', 'x' or 'px' field, got {sorted(sample)}")
+
+
+def _with_label(out: Sample, sample: Sample) -> Sample:
+    if sample.get("y") is not None:
+        out["y"] = np.float32(sample["y"])
+    return out
 
 
 def mds_columns(sample: Sample) -> dict[str, str]:

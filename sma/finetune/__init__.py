@@ -6,6 +6,6 @@
 - ``table_task``: the ``table`` task (a user's file): columns -> encoded inputs, labels, splits
 - ``splits``: seeded random fractions, split columns, seeded subsets
 - ``scaffold``: deepchem's ScaffoldSplitter and chemprop's balanced scaffold split
-- ``higgs``, ``tape``, ``moleculenet``, ``glue``: the benchmarks
+- ``higgs``, ``tape``, ``moleculenet``, ``glue``: the benchmarks; ``images``: ImageFolder classification
 - ``metrics``: accuracy, ROC-AUC, MCC, F1, Spearman, Pearson, RMSE, MAE via scikit-learn / scipy
 """

@@ -63,15 +63,17 @@ def check_sizes(name: str, sizes: dict[str, int], split_mode: str) -> None:
                              "use more rows or other task.fractions / split settings")
 
 
-def standardize(features: dict[str, np.ndarray]) -> dict[str, Any]:
+def standardize(features: dict[str, np.ndarray], per_channel: bool = False) -> dict[str, Any]:
     """Standardize continuous inputs in place with the train split's per-feature mean and std.
 
     ``features[split]``: ``(N, n, d_raw)`` float32. A feature constant on train keeps std 1. Returns the
-    statistics (``mean``, ``std`` as ``(n, d_raw)`` lists) for the task's ``info``.
+    statistics (``mean``, ``std`` as ``(n, d_raw)`` lists) for the task's ``info``. ``per_channel``: one
+    mean and std per channel over every token (image pixels), ``(1, d_raw)``.
     """
     train = features["train"].astype(np.float64)
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
+    axis = (0, 1) if per_channel else 0
+    mean = train.mean(axis=axis, keepdims=True)[0]  # (n, d_raw), or (1, d_raw) per channel
+    std = train.std(axis=axis, keepdims=True)[0]
     std[std < 1e-12] = 1.0
     for x in features.values():
         x -= mean.astype(np.float32)
@@ -80,10 +82,11 @@ def standardize(features: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def continuous_splits(name: str, split_mode: str, features: dict[str, np.ndarray],
-                      targets: dict[str, np.ndarray], ids: dict[str, list[str]],
+                      targets: dict[str, np.ndarray], ids: dict[str, list[str]], per_channel: bool = False,
                       ) -> tuple[dict[str, Split], dict[str, Any]]:
-    """Splits of continuous rows (``(N, n, d_raw)`` per split), standardized with train statistics,
-    and those statistics. Each row of ``inputs`` is a view into its split's one array."""
+    """Splits of continuous rows (``(N, n, d_raw)`` per split), standardized with train statistics
+    (per feature, or ``per_channel`` over all tokens), and those statistics. Each row of ``inputs`` is a
+    view into its split's one array."""
     check_sizes(name, {s: len(x) for s, x in features.items()}, split_mode)
-    stats = standardize(features)
+    stats = standardize(features, per_channel)
     return {s: Split(list(features[s]), targets[s], ids[s]) for s in features}, stats

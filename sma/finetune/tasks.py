@@ -2,7 +2,8 @@
 
 ``table`` is the user's own labelled file (sma.finetune.table_task); the benchmarks read the files
 their publishers distribute: HIGGS (sma.finetune.higgs), TAPE (sma.finetune.tape), MoleculeNet
-(sma.finetune.moleculenet), GLUE (sma.finetune.glue). ``PAPER`` holds the SMA paper's figures
+(sma.finetune.moleculenet), GLUE (sma.finetune.glue), ImageFolder image classification
+(sma.finetune.images). ``PAPER`` holds the SMA paper's figures
 (ALGORITHM.md §8) in the units ``sma.finetune.metrics`` reports (accuracy as a fraction, not percent).
 """
 
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from sma.config import ConfigError, TaskConfig
-from sma.finetune import glue, higgs, moleculenet, tape
+from sma.finetune import glue, higgs, images, moleculenet, tape
 from sma.finetune.table_task import load_table
 from sma.finetune.taskdata import KINDS, SPLITS, Split, TaskData
 
@@ -27,6 +28,7 @@ LOADERS: dict[str, Callable[[TaskConfig, int], TaskData]] = {
     **{n: tape.load for n in tape.NAMES},
     **{n: moleculenet.load for n in moleculenet.NAMES},
     **{n: glue.load for n in glue.NAMES},
+    **{n: images.load for n in images.NAMES},
 }
 TASK_NAMES = tuple(LOADERS)
 
@@ -47,6 +49,7 @@ PAPER: dict[str, dict[str, float]] = {
     "freesolv": {"rmse": 1.09},
     "lipo": {"rmse": 0.609},
     **{n: {} for n in glue.NAMES},  # the paper reports only the GLUE average
+    "images": {},  # ImageNet-100 top-1 is not among the figures kept in ALGORITHM.md
 }
 PAPER_GLUE_AVERAGE = 76.7  # SMA's mean GLUE score (random masking: 73.4); no per-task figures published
 _HIGGS_LABELS = {1_000: "higgs_1k", 10_000: "higgs_10k", 100_000: "higgs_100k"}
@@ -68,7 +71,7 @@ def paper_figures(cfg: TaskConfig) -> dict[str, float]:
 
 
 def _module(name: str) -> str:
-    return next(m.__name__.rsplit(".", 1)[1] for m in (higgs, tape, glue) if name in m.NAMES)
+    return next(m.__name__.rsplit(".", 1)[1] for m in (higgs, tape, glue, images) if name in m.NAMES)
 
 
 def load_task(cfg: TaskConfig, max_len: int) -> TaskData:
