@@ -375,3 +375,13 @@ def test_tiny_image_pretraining_runs_from_image_shards_and_resumes(tmp_path):
     assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
     assert any("eval_loss_random_masks" in r for r in records)
     assert (tmp_path / "run" / "checkpoints" / "step00000006").is_dir()
+    # image classification through the fine-tuning command, from that checkpoint
+    from helpers_train import FINETUNE
+
+    ft = tmp_path / "ft.yaml"
+    ft.write_text(f"extends: {config}\ntask: {{name: images, path: {tmp_path / 'imgs'}, fractions: [0.8, 0.2, 0.0]}}\n"
+                  "finetune: {epochs: 2, seeds: [0]}\ndata: {micro_batch_size: 4}\nwandb_mode: disabled\n")
+    run(1, [f"init={tmp_path}/run/checkpoints", f"run_dir={tmp_path}/ft"], config=str(ft), script=FINETUNE)
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["task"] == "images" and results["sizes"]["test"] == 5  # val/ holds 5 images
+    assert 0.0 <= results["test"]["accuracy"]["mean"] <= 1.0
