@@ -36,16 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.hidden_structure import Tables, Words, write_labelled, write_pretraining  # noqa: E402
+from bench.masks import SETTINGS  # noqa: E402  (guided, random, guided + selection_keys=position)
 from sma.checkpoint import load_pretrained  # noqa: E402
 from sma.data.collate import Collate  # noqa: E402
 from sma.data.samples import check_sample  # noqa: E402
 from sma.train.metrics import read_metrics  # noqa: E402
 
-SETTINGS = {
-    "guided": ["masking.mode=guided"],
-    "random": ["masking.mode=random"],
-    "guided, selection_keys=position": ["masking.mode=guided", "masking.selection_keys=position"],
-}
 # One small self-attention model and the HIGGS masking recipe (configs/tiny_higgs.yaml) for both generators.
 MODEL = ["model.encoder=transformer", "model.d_embed=64", "model.num_layers=2", "model.num_heads=4",
          "model.decoder_dim=64", "model.decoder_heads=4"]
