@@ -25,5 +25,5 @@ def test_quick_mask_quality_prints_one_row_per_masking_with_alignments_in_unit_i
     raw = json.loads((tmp_path / "raw.json").read_text())["tables"]
     for name in ("guided", "random", "guided, selection_keys=position"):
         assert 0.0 <= raw[name]["alignment"] <= 1.0 and 0.0 <= raw[name]["alignment_random"] <= 1.0
-        assert 0.0 <= raw[name]["finetune@100"] <= 1.0
+    assert 0.0 <= raw["guided"]["finetune@100"] <= 1.0  # the one fine-tune of the smoke run
     assert raw["random"]["alignment"] == raw["random"]["alignment_random"]  # random masks are random masks
