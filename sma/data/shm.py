@@ -88,6 +88,7 @@ def release_stale_shared_memory(local_dirs: Collection[str] | None) -> list[str]
     Call it on one process per machine (the local leader) before its dataset exists, and make the
     other local ranks wait for it: they would otherwise meet the stale registration first.
     """
+    import_streaming()  # streaming's own import would pull in torchvision first
     from streaming.base.shared.prefix import BARRIER_FILELOCK, CACHE_FILELOCK
 
     stale = _stale_segments(local_dirs)
