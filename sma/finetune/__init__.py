@@ -1,4 +1,8 @@
-"""Fine-tuning data and metrics: labelled tasks read from the files their publishers distribute.
+"""Fine-tuning and downstream evaluation: labelled tasks read from the files their publishers distribute,
+trained on the one engine.
+
+- ``trainer``: ``train/finetune.py``: init resolution, the ``Finetuner`` trial, the lr x seed sweep
+- ``results``: the lr choice, test mean ± std over seeds, ``results.json`` / ``results.md``
 
 - ``tasks``: ``TaskData`` / ``Split``, the task registry, ``load_task``, the SMA paper's figures
 - ``taskdata``: the ``TaskData`` / ``Split`` containers and train-statistics standardization
