@@ -369,6 +369,11 @@ class Pretrainer(Trainer):
         return False
 
     def summary(self) -> str:
+        ckpts, run_dir = self.ckpt.root, self.run_dir
         return "\n".join([super().summary(), "Next:",
                           "  continue    the same command with max_steps=N resume=auto",
-                          f"  export      python -m sma.export {self.ckpt.root} {self.run_dir / 'model.pt'}"])
+                          f"  export      python -m sma.export {ckpts} {run_dir / 'model.pt'}",
+                          f"  fine-tune   python train/finetune.py --config configs/finetune/csv.yaml init={ckpts} "
+                          "task.path=FILE ...",
+                          f"  masks       python -m sma.visualize {ckpts} INPUTS --out {run_dir / 'masks'}",
+                          f"  embed       python -m sma.embed {ckpts} INPUT --out {run_dir / 'embeddings.npy'}"])
