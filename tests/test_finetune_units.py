@@ -17,7 +17,7 @@ from sma.finetune.results import markdown_table, rows_of, summarize
 from sma.finetune.trainer import TargetScale, finetune_param_groups, resolve_init
 from sma.model import build_finetune_model, build_pretrain_model
 from sma.train.checkpointing import atomic_torch_save
-from helpers_model import TEXT_MASKING, tiny_perceiver, tiny_transformer
+from helpers_model import tiny_perceiver, tiny_transformer
 from helpers_train import TINY
 
 

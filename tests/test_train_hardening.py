@@ -22,7 +22,7 @@ from sma.model import build_pretrain_model
 from sma.train.checkpointing import LATEST, META, check_resume, tag_for
 from sma.train.rundir import RunDirBusy, RunDirLock
 from helpers_model import TEXT_MASKING, text_batch, tiny_perceiver
-from helpers_train import TINY, TINY_RUN, run, start
+from helpers_train import TINY, run, start
 
 REPO = Path(__file__).resolve().parents[1]
 
