@@ -14,7 +14,7 @@ self-attention model, steps and seed for all), then:
   (``finetune.mode=linear_probe``) and a full fine-tune with 100 and 1,000 labels, the test ROC-AUC at the
   best validation epoch, mean over the seeds; and the same model from scratch (``init=none``).
 
-    python bench/mask_quality.py [--steps 1000] [--seeds 0 1] [--out runs/bench_mask_quality] [--json out.json]
+    python bench/mask_quality.py [--steps 1000] [--seeds 0 1] [--jobs 2] [--out runs/bench_mask_quality] [--json out.json]
     python bench/mask_quality.py --quick        # a smoke run: 4 subprocesses, about 2 minutes on 2 shared cores
 """
 
@@ -27,10 +27,14 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -50,6 +54,7 @@ MODALITY = {"tables": ["model.modality=continuous", "model.d_raw=1", "model.max_
 COLUMNS = ("alignment (random)", "probe@100", "probe@1000", "finetune@100", "finetune@1000",
            "eval_loss_random_masks")
 LABELS = (100, 1000)
+T = TypeVar("T")
 
 
 def slug(name: str) -> str:
@@ -133,6 +138,21 @@ def finetune(kind: str, gen: Tables | Words, init: str, data: Path, run_dir: Pat
     return json.loads((run_dir / "results.json").read_text())["test"]["roc_auc"]["mean"]
 
 
+def in_parallel(jobs: int, calls: list[Callable[[], T]], what: str) -> list[T]:
+    """Run ``calls`` (each one subprocess on one CPU thread) ``jobs`` at a time, with a progress bar;
+    results in the order of ``calls``. The first failure cancels what has not started and is raised."""
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(c) for c in calls]
+        try:
+            for f in tqdm(as_completed(futures), total=len(futures), desc=what, unit="run", file=sys.stderr):
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return [f.result() for f in futures]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=1000, help="pretraining steps (batch 32)")
@@ -140,55 +160,67 @@ def main() -> None:
     p.add_argument("--epochs", type=int, nargs=2, default=[10, 4], metavar=("E100", "E1000"),
                    help="fine-tuning epochs with 100 and 1,000 labels")
     p.add_argument("--generators", nargs="+", default=["tables", "words"], choices=["tables", "words"])
+    p.add_argument("--jobs", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                   help="runs at a time, one CPU thread each (default: 2, or 1 on a 1-core machine); "
+                        "every run is seeded and single-threaded, so the figures do not depend on it")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: tables only, 20 steps, one full fine-tune of the guided model on 100 labels")
     p.add_argument("--out", default=str(REPO / "runs" / "bench_mask_quality"))
     p.add_argument("--json", help="also write the raw numbers here")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: expected at least 1")
     sizes = {"pretrain": 20000, "eval": 1024, "valid": 300, "test": 1000, "held_out": 512}
     eval_batches = 16
     if args.quick:
         args.steps, args.seeds, args.epochs, args.generators, eval_batches = 20, [0], [1, 1], ["tables"], 2
         sizes = {"pretrain": 640, "eval": 64, "valid": 64, "test": 64, "held_out": 64}
     out = Path(args.out)
-    gens = {"tables": Tables(), "words": Words()}
-    results: dict[str, dict[str, dict]] = {}
+    gens = {kind: {"tables": Tables, "words": Words}[kind]() for kind in args.generators}
     t0 = time.perf_counter()
-    for kind in args.generators:
-        gen, data = gens[kind], out / kind / "data"
-        write_data(gen, data, sizes)
-        results[kind] = {}
-        inits = {}
-        for name in SETTINGS:
-            run_dir, record = pretrain(kind, name, data, out, args.steps, eval_batches)
-            r = {"eval_loss": record["eval_loss"], "eval_loss_random_masks": record["eval_loss_random_masks"],
-                 **alignment(run_dir / "checkpoints", gen, sizes["held_out"])}
-            results[kind][name] = r
-            inits[name] = str(run_dir / "checkpoints")
+    for kind, gen in gens.items():
+        write_data(gen, out / kind / "data", sizes)
+
+    runs = [(kind, name) for kind in gens for name in SETTINGS]
+    pretrained = in_parallel(args.jobs, [partial(pretrain, kind, name, out / kind / "data", out, args.steps,
+                                                 eval_batches) for kind, name in runs], "pretrain")
+    results: dict[str, dict[str, dict]] = {kind: {} for kind in gens}
+    inits: dict[tuple[str, str], str] = {}
+    for (kind, name), (run_dir, record) in zip(runs, pretrained):
+        results[kind][name] = {"eval_loss": record["eval_loss"],
+                               "eval_loss_random_masks": record["eval_loss_random_masks"],
+                               **alignment(run_dir / "checkpoints", gens[kind], sizes["held_out"])}
+        inits[kind, name] = str(run_dir / "checkpoints")
+    for kind in gens:
         results[kind]["scratch"] = {}
-        inits["scratch"] = "none"
-        for name, init in inits.items():
-            for mode, short in (("linear_probe", "probe"), ("full", "finetune")):
-                if init == "none" and mode == "linear_probe":
-                    continue  # a frozen random encoder: not a baseline anyone uses
-                if args.quick and (name != "guided" or mode == "linear_probe"):
-                    continue  # the smoke run fine-tunes one model once
-                for labels, epochs in zip(LABELS[:1] if args.quick else LABELS, args.epochs):
-                    run_dir = out / kind / "ft" / f"{slug(name)}_{short}_{labels}"
-                    results[kind][name][f"{short}@{labels}"] = finetune(kind, gen, init, data, run_dir, mode,
-                                                                        labels, epochs, args.seeds)
-        print(f"{kind}: done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        inits[kind, "scratch"] = "none"
+    print(f"pretraining and alignment done after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    cells, calls = [], []
+    for (kind, name), init in inits.items():
+        for mode, short in (("linear_probe", "probe"), ("full", "finetune")):
+            if init == "none" and mode == "linear_probe":
+                continue  # a frozen random encoder: not a baseline anyone uses
+            if args.quick and (name != "guided" or mode == "linear_probe"):
+                continue  # the smoke run fine-tunes one model once
+            for labels, epochs in zip(LABELS[:1] if args.quick else LABELS, args.epochs):
+                run_dir = out / kind / "ft" / f"{slug(name)}_{short}_{labels}"
+                cells.append((kind, name, f"{short}@{labels}"))
+                calls.append(partial(finetune, kind, gens[kind], init, out / kind / "data", run_dir, mode, labels,
+                                     epochs, args.seeds))
+    for (kind, name, column), auc in zip(cells, in_parallel(args.jobs, calls, "fine-tune")):
+        results[kind][name][column] = auc
+
     print(f"| data | masking ({args.steps} steps) | " + " | ".join(COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for kind, rows in results.items():
         for name, r in rows.items():
-            cells = [f"{r['alignment']:.3f} ({r['alignment_random']:.3f})" if "alignment" in r else "-"]
-            cells += [f"{r[c]:.3f}" if c in r else "-" for c in COLUMNS[1:]]
-            print(f"| {kind} | {name} | " + " | ".join(cells) + " |")
-    print(f"total {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            row = [f"{r['alignment']:.3f} ({r['alignment_random']:.3f})" if "alignment" in r else "-"]
+            row += [f"{r[c]:.3f}" if c in r else "-" for c in COLUMNS[1:]]
+            print(f"| {kind} | {name} | " + " | ".join(row) + " |")
+    print(f"total {time.perf_counter() - t0:.0f} s with {args.jobs} job(s) at a time", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
-
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,35 @@ def test_only_registrations_of_dead_runs_on_our_folder_are_stale(tmp_path):
     assert stale_prefixes([str(folder)]) == [prefix]
     subprocess.run([*reader(tmp_path, str(folder)), "exit"], check=True, capture_output=True, timeout=300)
     assert stale_prefixes([str(folder)]) == [] and not os.path.exists(f"/dev/shm/{prefix}_locals")
+
+
+READ_TOGETHER = """
+import os, sys, time
+from sma.config import load_config
+from sma.data import build_loader
+cfg = load_config(None, ["data.format=mds", f"data.train_url={sys.argv[1]}", "model.max_len=64",
+                         "model.num_latents=16", "data.micro_batch_size=2"])
+open(sys.argv[2] + f".{os.getpid()}", "w").close()  # ready
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+batch = next(iter(build_loader(cfg, "train", 0, 1)))
+print("READ", batch.inputs.shape[0], flush=True)
+"""
+
+
+def test_jobs_starting_together_on_one_folder_all_read(tmp_path):
+    """Independent jobs on one node (a sweep, or a scheduler packing small jobs) that open the same local
+    MDS folder at the same moment each register a shared-memory prefix; all of them must start."""
+    folder = tmp_path / "mds" / "train"
+    write_mds(tmp_path, str(tmp_path / "mds"))
+    script, go = tmp_path / "read_together.py", tmp_path / "go"
+    script.write_text(READ_TOGETHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(6)]
+    while len(list(tmp_path.glob("go.*"))) < len(procs) and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    go.touch()
+    outcomes = [p.communicate(timeout=300) for p in procs]
+    failed = [err[-2000:] for p, (out, err) in zip(procs, outcomes) if p.returncode or not out.startswith("READ 2")]
+    assert not failed, failed[0]

@@ -21,7 +21,7 @@ from typing import Any
 from sma.config import TrainConfig
 from sma.data.collate import TupleCollate, collate_for_shards, tuple_to_batch
 from sma.data.epochs import private_generator
-from sma.data.shm import release_stale_shared_memory
+from sma.data.shm import registration_lock, release_stale_shared_memory
 from sma.data.storage import filesystem, is_local, join, local_path, read_json, use_endpoint
 from sma.data.streaming_import import import_streaming
 from sma.inputs import Batch, InputError
@@ -198,10 +198,11 @@ def build_mds_loader(cfg: TrainConfig, url: str, train: bool, rank: int, world_s
     release_stale_registrations(local)
     if data.validate_hash:
         validate_shards(url, local, remote is not None, data.endpoint_url)
-    dataset = streaming.StreamingDataset(
-        remote=remote, local=local, shuffle=train and data.shuffle, shuffle_seed=cfg.seed,
-        batch_size=data.micro_batch_size, validate_hash="sha1" if data.validate_hash else None,
-    )
+    with registration_lock():
+        dataset = streaming.StreamingDataset(
+            remote=remote, local=local, shuffle=train and data.shuffle, shuffle_seed=cfg.seed,
+            batch_size=data.micro_batch_size, validate_hash="sha1" if data.validate_hash else None,
+        )
     collate = collate_for_shards(cfg.model.max_len, url, data.endpoint_url)
     loader = streaming.StreamingDataLoader(
         dataset, batch_size=data.micro_batch_size, num_workers=data.num_workers, drop_last=True,

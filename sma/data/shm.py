@@ -23,7 +23,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Iterator
 
 from sma.data.streaming_import import import_streaming
 
@@ -104,3 +105,47 @@ def release_stale_shared_memory(local_dirs: Collection[str] | None) -> list[str]
         log.warning("released shared memory left by killed streaming run(s) on %s (prefixes %s)",
                     where, ", ".join(removed))
     return removed
+
+
+REGISTRATION_LOCK = "sma_streaming_registration.lock"
+
+
+@contextlib.contextmanager
+def registration_lock(timeout_s: float = 120.0) -> Iterator[None]:
+    """On the local leader, hold a machine-wide lock while a ``StreamingDataset`` is made.
+
+    streaming looks for the first free prefix, waits at a barrier, then creates ``NNNNNN_locals`` without
+    looking again; two jobs starting together on one machine (a sweep, a scheduler packing small jobs)
+    pick the same prefix and one dies with ``FileExistsError: '/NNNNNN_locals'``. The wait is bounded:
+    a leader holding the lock may sit in a barrier with ranks on other machines, and two multi-machine
+    jobs sharing machines must not wait on each other for ever; after ``timeout_s`` we go on unlocked,
+    as streaming alone would. Other local ranks only look up what their leader registered.
+    """
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        yield
+        return
+    import fcntl
+
+    path = os.path.join(tempfile.gettempdir(), REGISTRATION_LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:  # another user's lock file we may not open: no worse than streaming alone
+        log.debug("no registration lock (%s)", err)
+        yield
+        return
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)  # other users' jobs on this machine share the prefixes, so the lock too
+    try:
+        deadline, held = time.monotonic() + timeout_s, False
+        while not held:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except OSError:
+                if time.monotonic() > deadline:
+                    log.warning("%s still held after %.0f s; registering without it", path, timeout_s)
+                    break
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
