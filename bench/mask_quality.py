@@ -15,7 +15,7 @@ self-attention model, steps and seed for all), then:
   best validation epoch, mean over the seeds; and the same model from scratch (``init=none``).
 
     python bench/mask_quality.py [--steps 1000] [--seeds 0 1] [--jobs 2] [--out runs/bench_mask_quality] [--json out.json]
-    python bench/mask_quality.py --quick        # a smoke run: 4 subprocesses, about 2 minutes on 2 shared cores
+    python bench/mask_quality.py --quick        # a smoke run: 4 subprocesses, under a minute on 2 cores
 """
 
 from __future__ import annotations

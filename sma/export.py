@@ -35,14 +35,22 @@ def consolidated_state_dict(tag_dir: Path, cfg: TrainConfig) -> dict[str, torch.
     weights = {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
     masters = (states.get("optimizer") or {}).get("fp32_groups")
     if masters:
-        # DeepSpeed stores the masters per optimizer param group, in the groups' order: rebuild the same
-        # groups on a model of this config to name them.
-        model = build_pretrain_model(cfg.model, cfg.masking)
-        names = {id(p): n for n, p in model.named_parameters()}
-        for group, fp32 in zip(param_groups(model, cfg.optim.weight_decay), masters, strict=True):
-            for p, master in zip(group["params"], fp32, strict=True):
-                weights[names[id(p)]] = master.float()
+        # DeepSpeed stores the masters per optimizer param group, by position: meta.json names them.
+        for group, fp32 in zip(optimizer_params(tag_dir, cfg), masters, strict=True):
+            for name, master in zip(group, fp32, strict=True):
+                weights[name] = master.float()
     return weights
+
+
+def optimizer_params(tag_dir: Path, cfg: TrainConfig) -> list[list[str]]:
+    """The parameter names of each optimizer group of checkpoint ``tag_dir``, in order. Checkpoints from
+    before meta.json recorded them were all pretraining runs: rebuild the pretraining groups."""
+    recorded = read_meta(tag_dir).get("optimizer_params")
+    if recorded is not None:
+        return recorded
+    model = build_pretrain_model(cfg.model, cfg.masking)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in param_groups(model, cfg.optim.weight_decay)]
 
 
 def export(checkpoint: str | Path, out: str | Path) -> Path:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from sma.checkpoint import load_pretrained_weights
+from sma.embed import load_encoder
 from sma.export import export
 from sma.finetune.results import RESULTS_JSON, RESULTS_MD
 from sma.finetune.trainer import TRIAL_FILE
@@ -129,6 +130,28 @@ def test_a_linear_probe_trains_the_head_and_leaves_the_encoder_as_pretrained(fin
     torch.manual_seed(cfg.seed)
     start = build_finetune_model(cfg.model, 2)
     assert not torch.equal(after["head.out.weight"], start.state_dict()["head.out.weight"])
+
+
+def test_a_bf16_finetune_without_zero_loads_with_its_fp32_master_weights(root: Path, pretrained: Path,
+                                                                          config: Path) -> None:
+    """Without ZeRO, DeepSpeed keeps bf16 weights in the model states and the fp32 masters per optimizer
+    group by position; the fine-tune's groups (per layer depth) differ from pretraining's."""
+    run_dir = root / "ft_bf16"
+    _finetune(1, config, [f"init={pretrained}", f"run_dir={run_dir}", "precision=bf16", "zero_stage=0",
+                          "finetune.epochs=1", "finetune.layer_decay=0.8"])
+    checkpoints = run_dir / "lr0.001-seed0" / "checkpoints"
+    tag = checkpoints / (checkpoints / "latest").read_text()
+    bf16 = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    weights, cfg = load_pretrained_weights(checkpoints)
+    assert weights.keys() == bf16.keys() and "head.out.weight" in weights
+    finer = 0
+    for k, v in bf16.items():
+        assert weights[k].dtype == torch.float32 or not v.is_floating_point(), k
+        assert torch.equal(weights[k].to(v.dtype), v), k  # the masters round to the training weights
+        finer += int(not torch.equal(weights[k], v.float()))
+    assert finer > len(bf16) // 2  # and most carry more precision than bf16
+    model, _ = load_encoder(str(checkpoints), torch.device("cpu"), pool="query")
+    assert torch.equal(model.state_dict()["query"], weights["query"])
 
 
 def test_two_ranks_with_a_global_batch_follow_the_one_rank_run(finetuned: dict[str, Path], root: Path,

@@ -161,8 +161,9 @@ class Finetuner(Trainer):
         params = list(module.parameters())
         with deepspeed.zero.GatheredParameters(params, enabled=self.cfg.zero_stage == 3):
             state = module.state_dict()
+            # in the module's dtype: under bf16/fp16 the engine holds the checkpoint's weights rounded
             differ = [k for k, v in state.items()
-                      if not torch.equal(v.detach().float().cpu(), self.init.weights[f"backbone.{k}"].float())]
+                      if not torch.equal(v.detach().cpu(), self.init.weights[f"backbone.{k}"].to(v.dtype))]
         if differ:
             raise RuntimeError(f"the encoder's weights differ from init={self.init.source} at {differ[:5]}")
         log.info("encoder initialized from %s: %d tensors, equal to the checkpoint's", self.init.source, len(state))

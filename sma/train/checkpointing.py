@@ -10,7 +10,9 @@ Layout under ``<run_dir>/checkpoints/``::
         trainer_rank<r>.pt              step, data-reader position and RNG states of rank r
         config.yaml                     the resolved run config
         meta.json                       written last, by rank 0, once every rank has finished: the
-                                        completion mark (a crash mid-save leaves none, and no ``latest``)
+                                        completion mark (a crash mid-save leaves none, and no ``latest``);
+                                        step, world size, ZeRO stage, the parameter names of each
+                                        optimizer group
     step00000200.universal/             made on demand to resume on a different world size
 """
 
@@ -159,8 +161,10 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.env = env
 
-    def save(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str) -> Path:
+    def save(self, engine: Any, step: int, trainer_state: dict[str, Any], config_yaml: str,
+             optimizer_params: list[list[str]]) -> Path:
         """Write checkpoint ``step`` on all ranks (a collective: every rank must call it).
+        ``optimizer_params``: the names of the parameters in each optimizer group, in order (meta.json).
 
         A write that fails on any rank (a full disk, a quota) fails the save on every rank with
         ``CheckpointWriteError``: the partial folder is removed and ``latest`` still names the previous
@@ -177,7 +181,7 @@ class CheckpointManager:
             os.kill(os.getpid(), 9)
         # every rank's files are on disk past this point (or some rank failed)
         if not self._failed_anywhere(error) and self.env.is_main:
-            error = self._attempt(lambda: self._complete(engine, tag, tag_dir, step, config_yaml))
+            error = self._attempt(lambda: self._complete(engine, tag, tag_dir, step, config_yaml, optimizer_params))
         if self._failed_anywhere(error):
             previous = (self.root / LATEST).read_text().strip() if (self.root / LATEST).is_file() else None
             if self.env.is_main:
@@ -207,10 +211,12 @@ class CheckpointManager:
         engine.save_checkpoint(str(self.root), tag=tag, client_state={"step": step}, save_latest=False)
         atomic_torch_save(trainer_state, tag_dir / f"trainer_rank{self.env.rank:05d}.pt")
 
-    def _complete(self, engine: Any, tag: str, tag_dir: Path, step: int, config_yaml: str) -> None:
+    def _complete(self, engine: Any, tag: str, tag_dir: Path, step: int, config_yaml: str,
+                  optimizer_params: list[list[str]]) -> None:
         """Rank 0, once every rank's shards are written: the config, the completion mark, ``latest``."""
         (tag_dir / "config.yaml").write_text(config_yaml)
-        meta = {"step": step, "world_size": self.env.world_size, "zero_stage": engine.zero_optimization_stage()}
+        meta = {"step": step, "world_size": self.env.world_size, "zero_stage": engine.zero_optimization_stage(),
+                "optimizer_params": optimizer_params}
         atomic_write_text(tag_dir / META, json.dumps(meta))
         atomic_write_text(self.root / LATEST, tag)
         self._prune()

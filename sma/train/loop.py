@@ -150,6 +150,10 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         model = self.build_model()
         groups = self.param_groups(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        # Saved in each checkpoint's meta.json: without ZeRO, DeepSpeed stores bf16/fp16 master weights per
+        # group, by position only, and the export needs their names whatever the hooks grouped.
+        self.optimizer_params = [[names[id(p)] for p in g["params"]] for g in groups]
         self.engine, *_ = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=client_optimizer(cfg, groups),
             lr_scheduler=scheduler_factory(cfg),
@@ -221,7 +225,7 @@ class Trainer:
                 "micro_batch_size": self.cfg.data.micro_batch_size, "extra": self.extra_state()}
 
     def _save(self) -> None:
-        path = self.ckpt.save(self.engine, self.step, self._trainer_state(), to_yaml(self.cfg))
+        path = self.ckpt.save(self.engine, self.step, self._trainer_state(), to_yaml(self.cfg), self.optimizer_params)
         log.info("saved checkpoint %s", path)
 
     def _grad_norm_untracked_by_deepspeed(self) -> float | None:
