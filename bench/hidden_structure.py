@@ -22,11 +22,15 @@ of its word occurrence. Label: ``y = [word 0 occurs in the sample]``.
 
 ``write_pretraining`` writes MDS shards in the sample format of ``sma/data/samples.py`` (``x`` float32
 ``(n, 1)`` / ``ids`` int16); ``write_labelled`` writes the CSVs of the ``table`` fine-tuning task
-(``f0..f{n-1}`` + ``y``, or ``text`` + ``y``).
+(``f0..f{n-1}`` + ``y``, or ``text`` + ``y``); ``write_inputs`` writes held-out inputs for
+``python -m sma.visualize``, the hidden groups in the column names:
+
+    python bench/hidden_structure.py tables rows.csv [--samples 512] [--seed 7]
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +131,30 @@ def write_labelled(gen: Tables | Words, path: Path, n_samples: int, seed: int) -
         else:
             w.writerow(["text", "y"])
             w.writerows([t.decode("ascii"), int(y)] for t, y in zip(draw.tokens, draw.labels))
+
+
+def write_inputs(gen: Tables | Words, path: Path, n_samples: int, seed: int) -> None:
+    """Unlabelled inputs for ``python -m sma.visualize``: tables, a CSV whose header names each position
+    ``<position>:g<group>`` (so the heat map's axes show the hidden groups); words, one sample a line."""
+    draw = gen.draw(n_samples, np.random.default_rng(seed))
+    with open(path, "w", newline="") as f:
+        if gen.kind == "tables":
+            w = csv.writer(f)
+            w.writerow([f"{j}:g{g}" for j, g in enumerate(draw.groups[0])])
+            w.writerows([f"{v:.6g}" for v in row] for row in draw.tokens)
+        else:
+            f.writelines(t.decode("ascii") + "\n" for t in draw.tokens)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Write held-out inputs of a generator for sma.visualize.")
+    p.add_argument("generator", choices=["tables", "words"])
+    p.add_argument("out", type=Path)
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--seed", type=int, default=7, help="a seed the benchmark's own data does not use")
+    args = p.parse_args(argv)
+    write_inputs(Tables() if args.generator == "tables" else Words(), args.out, args.samples, args.seed)
+
+
+if __name__ == "__main__":
+    main()

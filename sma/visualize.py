@@ -275,24 +275,24 @@ def _text_png(plt, inputs: Inputs, rows: dict[str, torch.Tensor], path: Path) ->
     lengths = [int(inputs.batch.valid[b].sum()) for b in shown]
     strips = [-(-n // width) for n in lengths]
     height = sum(len(rows) * s + 1.5 for s in strips)
-    fig, ax = plt.subplots(figsize=(12, max(1.5, 0.18 * height)))
+    fig, ax = plt.subplots(figsize=(12, max(1.5, 0.2 * height)))
     ax.set_xlim(-12, width)
     ax.set_ylim(height, 0)
     ax.axis("off")
     y = 0.0
     for b, n, s in zip(shown, lengths, strips):
-        ax.text(-12, y + 0.8, inputs.labels[b], fontsize=7, weight="bold")
+        ax.text(-12, y + 0.8, inputs.labels[b], fontsize=8, weight="bold")
         y += 1.2
         ids = inputs.batch.inputs[b, :n].tolist()
         for what, m in rows.items():
-            ax.text(-12, y + 0.7, what, fontsize=6, color="#555")
+            ax.text(-12, y + 0.7, what, fontsize=7, color="#555")
             for j in range(n):
                 x0, y0 = j % width, y + j // width
                 masked = bool(m[b, j])
                 ax.add_patch(plt.Rectangle((x0, y0), 1, 1, color="#f4a261" if masked else "#eeeeee", lw=0))
                 b_ = ids[j] - NUM_SPECIAL
                 if 32 < b_ < 127:
-                    ax.text(x0 + 0.5, y0 + 0.75, chr(b_), fontsize=5, ha="center", family="monospace")
+                    ax.text(x0 + 0.5, y0 + 0.78, chr(b_), fontsize=8, ha="center", family="monospace")
             y += s
         y += 0.3
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -323,9 +323,9 @@ def write_comasking(model, cfg, inputs: Inputs, out: Path, seed: int, draws: int
                 ax.set_xticks(range(len(order)), [names[i] for i in order], rotation=90, fontsize=6)
                 ax.set_yticks(range(len(order)), [names[i] for i in order], fontsize=6)
         fig.colorbar(im, ax=axes, shrink=0.8, label="share of masks holding both tokens")
-        fig.suptitle(f"How often two tokens are masked together: {source} ({len(inputs.labels)} inputs), "
-                     "ordered by hierarchical clustering of the learned matrix", fontsize=10)
-        fig.savefig(out / "comask.png", dpi=100)
+        fig.suptitle(f"How often two tokens are masked together, {len(inputs.labels)} inputs, ordered by a "
+                     f"hierarchical clustering of the learned matrix\n{source}", fontsize=10)
+        fig.savefig(out / "comask.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         return out / "comask.png"
 
