@@ -14,7 +14,8 @@ import torch
 from sma.config import ConfigError, load_config, to_dict
 from sma.export import FORMAT
 from sma.finetune.results import markdown_table, rows_of, summarize
-from sma.finetune.trainer import TargetScale, finetune_param_groups, resolve_init
+from sma.finetune.taskdata import StandardizedRows, continuous_splits
+from sma.finetune.trainer import SplitSamples, TargetScale, finetune_param_groups, resolve_init
 from sma.model import build_finetune_model, build_pretrain_model
 from sma.train.checkpointing import atomic_torch_save
 from helpers_model import tiny_perceiver, tiny_transformer
@@ -124,3 +125,38 @@ def test_the_best_epoch_is_chosen_on_validation_and_patience_stops_after_it() ->
     rmse = [{"epoch": e, "valid_rmse": v} for e, v in enumerate([1.0, 0.7, 0.9], start=1)]
     assert best_epoch(rmse, "rmse")["epoch"] == 2  # lower is better
     assert should_stop(rmse, "rmse", patience=1)
+
+
+@pytest.mark.parametrize("dtype, per_channel", [(np.float32, False), (np.uint8, True), (np.uint8, False)])
+def test_continuous_splits_read_rows_standardized_with_train_statistics_and_keep_the_raw_array(dtype, per_channel):
+    rng = np.random.default_rng(0)
+    raw = {s: (rng.random((n, 6, 3)) * 200 + 20).astype(dtype) for s, n in (("train", 9000), ("valid", 7),
+                                                                         ("test", 5))}
+    raw["train"][:, 0, 0] = 42  # a feature constant on train keeps std 1
+    targets = {s: np.arange(len(x)) for s, x in raw.items()}
+    ids = {s: [f"{s}{i}" for i in range(len(x))] for s, x in raw.items()}
+    splits, stats = continuous_splits("t", "given", raw, targets, ids, per_channel=per_channel)
+    train = raw["train"].astype(np.float64)
+    axis = (0, 1) if per_channel else 0
+    mean, std = train.mean(axis=axis), train.std(axis=axis)  # more rows than one chunk of the two passes
+    if not per_channel:
+        std[0, 0] = 1.0
+    np.testing.assert_allclose(np.asarray(stats["mean"]).reshape(mean.shape), mean, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(stats["std"]).reshape(std.shape), std, rtol=1e-9)
+    for name, split in splits.items():
+        assert split.inputs.raw is raw[name]  # no copy of the split, standardized or not
+        rows = np.stack(list(split.inputs))
+        assert rows.dtype == np.float32
+        np.testing.assert_allclose(rows, (raw[name] - mean) / std, rtol=1e-5, atol=1e-5)
+    # subsets and slices read the same rows, in their order
+    sub = splits["train"].take([5, 2, 8000])
+    assert isinstance(sub.inputs, StandardizedRows) and sub.ids == ["train5", "train2", "train8000"]
+    for got, i in zip(sub.inputs, [5, 2, 8000]):
+        np.testing.assert_array_equal(got, splits["train"].inputs[i])
+    np.testing.assert_array_equal(sub.inputs[1:][0], splits["train"].inputs[2])
+    np.testing.assert_array_equal(sub.take([2]).inputs[0], splits["train"].inputs[8000])
+    with pytest.raises(IndexError):
+        sub.inputs[3]
+    samples = SplitSamples(sub, TargetScale("classification", sub.targets))
+    assert len(samples) == 3 and [s["y"] for s in samples[1:]] == [2, 8000]
+    np.testing.assert_array_equal(samples[0]["x"], splits["train"].inputs[5])

@@ -327,6 +327,7 @@ def test_images_task_loads_an_image_folder_like_the_prep_command(tmp_path):
     train_px = np.concatenate([expected_pixels(files[i]) for i in ids["train"]]).astype(np.float64)
     mean, std = train_px.mean(0), train_px.std(0)
     test = data.splits["test"]
+    assert all(data.splits[s].inputs.raw.dtype == np.uint8 for s in data.splits)  # a byte per value held
     for x, y, rel in zip(test.inputs, test.targets, test.ids):
         assert x.shape == (RES * RES, 3) and x.dtype == np.float32
         assert np.allclose(x, (expected_pixels(files[rel]) - mean) / std, atol=1e-4)  # train statistics

@@ -6,18 +6,21 @@ layout, as ImageNet-100 is distributed). ``val/`` is the test split; the validat
 share ``task.fractions[1]`` of ``train/`` (``task.split_seed``). Classes are the sorted class folders of
 ``train/``. Every image becomes the model's ``n = H*W`` pixel tokens: decoded, converted to RGB, short side
 resized and centre-cropped to a square of side ``sqrt(model.max_len)`` (``data_prep.images.decode_image``),
-and standardized with the train split's per-channel mean and std over all pixels, as float32 ``(H*W, 3)``.
+and standardized with the train split's per-channel mean and std over all pixels, as float32 ``(H*W, 3)``
+when a row is read.
 ``task.max_rows`` > 0 keeps only the first that many images of the test split (quick runs).
 
-Inputs are held in memory as float32: 442 KB per image at 192 x 192, so ImageNet-100's 126,689 training
-images need ~56 GB; fine-tune at a lower resolution or on a subset where memory is short.
+Pixels are held in memory as uint8 (110 KB per image at 192 x 192: ~14 GB for ImageNet-100's 126,689
+training images, on every rank); fine-tune at a lower resolution or on a subset where memory is short.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
+from tqdm import tqdm
 
 from data_prep.images import CHANNELS, decode_image, list_folder, read_bytes
 from sma.config import ConfigError, TaskConfig
@@ -49,10 +52,12 @@ def _listing(cfg: TaskConfig, split: str) -> list[tuple[str, str]]:
     return listing  # type: ignore[return-value]
 
 
-def _decode(folder: str, listing: list[tuple[str, str]], side: int) -> np.ndarray:
-    """uint8 ``(N, side * side, 3)`` pixels of the listed images."""
+def _decode(folder: str, listing: list[tuple[str, str]], side: int, split: str) -> np.ndarray:
+    """uint8 ``(N, side * side, 3)`` pixels of the listed images (a progress bar on rank 0)."""
     out = np.empty((len(listing), side * side, CHANNELS), dtype=np.uint8)
-    for i, (rel, _) in enumerate(listing):
+    quiet = os.environ.get("RANK", "0") != "0"
+    for i, (rel, _) in enumerate(tqdm(listing, desc=f"decoding {split}", unit="image", disable=quiet,
+                                      dynamic_ncols=True, mininterval=2.0)):
         url = join(folder, rel)
         try:
             out[i] = decode_image(read_bytes(url), side)
@@ -83,8 +88,7 @@ def load(cfg: TaskConfig, max_len: int) -> TaskData:
     rows = {"train": [r for r, v in zip(train_list, in_valid) if not v],
             "valid": [r for r, v in zip(train_list, in_valid) if v], "test": test_list}
     folders = {"train": join(cfg.path, "train"), "valid": join(cfg.path, "train"), "test": join(cfg.path, "val")}
-    pixels = {s: _decode(folders[s], r, side) for s, r in rows.items()}
-    features = {s: p.astype(np.float32) for s, p in pixels.items()}
+    features = {s: _decode(folders[s], r, side, s) for s, r in rows.items()}
     targets = {s: np.array([label[c] for _, c in r], dtype=np.int64) for s, r in rows.items()}
     ids = {s: [f"{'val' if s == 'test' else 'train'}/{rel}" for rel, _ in r] for s, r in rows.items()}
     split_mode = f"val/ is test; valid {n_valid} seeded images of train/ (seed {cfg.split_seed})"

@@ -1,7 +1,8 @@
 """What a fine-tuning task hands the trainer: three splits of encoded inputs and their targets.
 
 ``Split.inputs`` holds one array per row: ``np.int16`` ids from ``sma.inputs.encode`` (bytes modality)
-or ``np.float32`` ``(n, d_raw)`` values standardized with the train split's statistics (continuous).
+or ``np.float32`` ``(n, d_raw)`` values standardized with the train split's statistics (continuous; a
+``StandardizedRows`` that keeps the raw values, e.g. uint8 pixels, and standardizes a row when it is read).
 ``Split.targets`` is ``int64 (N,)`` class ids (classification), ``float32 (N, C)`` 0/1 with NaN for a
 missing label (binary), or ``float32 (N, C)`` in the label's own units (regression).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -20,9 +21,39 @@ KINDS = ("classification", "binary", "regression")
 SPLITS = ("train", "valid", "test")
 
 
+class StandardizedRows(Sequence):
+    """Rows of a raw ``(N, n, d_raw)`` array (any numeric dtype) read as float32 ``(n, d_raw)``,
+    ``(raw - mean) / std``. The raw array is kept as it is: images stay uint8 (a quarter of float32), and
+    no standardized copy of a whole split ever exists."""
+
+    def __init__(self, raw: np.ndarray, mean: np.ndarray, std: np.ndarray, index: np.ndarray | None = None) -> None:
+        self.raw, self.index = raw, index
+        self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)  # (n or 1, d_raw)
+
+    def __len__(self) -> int:
+        return len(self.raw) if self.index is None else len(self.index)
+
+    @overload
+    def __getitem__(self, i: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, i: slice) -> "StandardizedRows": ...
+
+    def __getitem__(self, i: int | slice) -> "np.ndarray | StandardizedRows":
+        if isinstance(i, slice):
+            return self.subset(range(len(self))[i])
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        row = self.raw[i if self.index is None else self.index[i]]
+        return (row.astype(np.float32) - self.mean) / self.std
+
+    def subset(self, indices: Sequence[int]) -> "StandardizedRows":
+        idx = np.asarray(indices, dtype=np.int64)
+        return StandardizedRows(self.raw, self.mean, self.std, idx if self.index is None else self.index[idx])
+
+
 @dataclass
 class Split:
-    inputs: list  # per row: int16 ids (bytes) or float32 (n, d_raw) (continuous)
+    inputs: Sequence  # per row: int16 ids (bytes) or float32 (n, d_raw) (continuous)
     targets: np.ndarray  # classification int64 (N,); binary / regression float32 (N, C)
     ids: list[str]  # a stable id per row (file:line or the dataset's own id)
 
@@ -31,7 +62,8 @@ class Split:
 
     def take(self, indices: Sequence[int]) -> "Split":
         idx = np.asarray(indices, dtype=np.int64)
-        return Split([self.inputs[i] for i in idx], self.targets[idx], [self.ids[i] for i in idx])
+        inputs = self.inputs.subset(idx) if isinstance(self.inputs, StandardizedRows) else [self.inputs[i] for i in idx]
+        return Split(inputs, self.targets[idx], [self.ids[i] for i in idx])
 
 
 @dataclass
@@ -63,30 +95,30 @@ def check_sizes(name: str, sizes: dict[str, int], split_mode: str) -> None:
                              "use more rows or other task.fractions / split settings")
 
 
-def standardize(features: dict[str, np.ndarray], per_channel: bool = False) -> dict[str, Any]:
-    """Standardize continuous inputs in place with the train split's per-feature mean and std.
-
-    ``features[split]``: ``(N, n, d_raw)`` float32. A feature constant on train keeps std 1. Returns the
-    statistics (``mean``, ``std`` as ``(n, d_raw)`` lists) for the task's ``info``. ``per_channel``: one
-    mean and std per channel over every token (image pixels), ``(1, d_raw)``.
-    """
-    train = features["train"].astype(np.float64)
+def train_stats(train: np.ndarray, per_channel: bool = False, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the train split's ``(N, n, d_raw)`` values per feature, ``(n, d_raw)``, or with
+    ``per_channel`` one per channel over every token, ``(1, d_raw)``. Two passes over chunks of rows in
+    float64, so that no float64 copy of the split is made (ImageNet-100's pixels would need 112 GB). A
+    feature constant on train keeps std 1."""
     axis = (0, 1) if per_channel else 0
-    mean = train.mean(axis=axis, keepdims=True)[0]  # (n, d_raw), or (1, d_raw) per channel
-    std = train.std(axis=axis, keepdims=True)[0]
+    count = len(train) * (train.shape[1] if per_channel else 1)
+    total = sum(train[i:i + chunk].astype(np.float64).sum(axis=axis, keepdims=True)[0]
+                for i in range(0, len(train), chunk))
+    mean = total / count
+    squares = sum(((train[i:i + chunk].astype(np.float64) - mean) ** 2).sum(axis=axis, keepdims=True)[0]
+                  for i in range(0, len(train), chunk))
+    std = np.sqrt(squares / count)
     std[std < 1e-12] = 1.0
-    for x in features.values():
-        x -= mean.astype(np.float32)
-        x /= std.astype(np.float32)
-    return {"mean": mean.tolist(), "std": std.tolist()}
+    return mean, std
 
 
 def continuous_splits(name: str, split_mode: str, features: dict[str, np.ndarray],
                       targets: dict[str, np.ndarray], ids: dict[str, list[str]], per_channel: bool = False,
                       ) -> tuple[dict[str, Split], dict[str, Any]]:
-    """Splits of continuous rows (``(N, n, d_raw)`` per split), standardized with train statistics
-    (per feature, or ``per_channel`` over all tokens), and those statistics. Each row of ``inputs`` is a
-    view into its split's one array."""
+    """Splits of continuous rows (raw ``(N, n, d_raw)`` per split, any numeric dtype), read standardized
+    with the train split's statistics (per feature, or ``per_channel`` over all tokens), and those
+    statistics (``mean``, ``std`` as lists) for the task's ``info``."""
     check_sizes(name, {s: len(x) for s, x in features.items()}, split_mode)
-    stats = standardize(features, per_channel)
-    return {s: Split(list(features[s]), targets[s], ids[s]) for s in features}, stats
+    mean, std = train_stats(features["train"], per_channel)
+    splits = {s: Split(StandardizedRows(features[s], mean, std), targets[s], ids[s]) for s in features}
+    return splits, {"mean": mean.tolist(), "std": std.tolist()}

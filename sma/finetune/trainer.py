@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,11 +117,21 @@ class TargetScale:
         return outputs * self.std + self.mean if self.active else outputs
 
 
-def samples_of(split: Any, scale: TargetScale) -> tuple[dict[str, Any], ...]:
-    """Rows of a task split as shard-style samples (``ids`` or ``x``, with ``y``) for the readers."""
-    key = "ids" if split.inputs and split.inputs[0].dtype.kind == "i" else "x"
-    ys = scale.to_model(split.targets)
-    return tuple({key: x, "y": y} for x, y in zip(split.inputs, ys))
+class SplitSamples(Sequence):
+    """Rows of a task split as shard-style samples (``ids`` or ``x``, with ``y``) for the readers, made
+    when read: a split of images is never held as float32 samples all at once."""
+
+    def __init__(self, split: Any, scale: TargetScale) -> None:
+        self.inputs, self.ys = split.inputs, scale.to_model(split.targets)
+        self.key = "ids" if len(split.inputs) and split.inputs[0].dtype.kind == "i" else "x"
+
+    def __len__(self) -> int:
+        return len(self.ys)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        return {self.key: self.inputs[i], "y": self.ys[i]}
 
 
 def trial_name(lr: float, seed: int) -> str:
@@ -178,7 +189,7 @@ class Finetuner(Trainer):
         epoch), each step the same global batch on any number of ranks."""
         micro, accum, world = self.cfg.data.micro_batch_size, self.engine.gradient_accumulation_steps(), \
             self.env.world_size
-        samples = samples_of(self.task.splits["train"], self.scale)
+        samples = SplitSamples(self.task.splits["train"], self.scale)
         plan = Plan(self.steps_per_epoch * micro * accum * world, world, 1, micro)
         stream = MemoryStream(samples, plan, self.env.rank, self.collate, self.cfg.seed, shuffle=True,
                               step_share=micro * accum)
@@ -200,7 +211,7 @@ class Finetuner(Trainer):
         size = self.cfg.finetune.eval_batch_size or self.cfg.data.micro_batch_size
         batches = math.ceil(math.ceil(len(rows) / world) / size)
         mine += [mine[-1]] * (batches * size - len(mine))
-        samples = samples_of(rows.take(mine), self.scale)
+        samples = SplitSamples(rows.take(mine), self.scale)
         outs = []
         for b in range(batches):
             batch = self.collate(samples[b * size:(b + 1) * size]).to(self.env.device)
