@@ -75,3 +75,19 @@ def run(nprocs: int, overrides: list[str], **kw) -> Job:
     if expect is not None:
         assert code == expect, f"exit code {code}, expected {expect}; output:\n{job.output()[-6000:]}"
     return job
+
+
+def assert_fp32_masters_of(tag_dir: Path, weights: dict) -> None:
+    """``weights`` (loaded from the checkpoint ``tag_dir`` of a bf16 run without ZeRO) are DeepSpeed's fp32
+    master weights: every tensor of the saved bf16 model, in fp32, rounding to the bf16 one, and most of
+    them finer than bf16."""
+    import torch
+
+    bf16 = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    assert weights.keys() == bf16.keys()
+    finer = 0
+    for k, v in bf16.items():
+        assert weights[k].dtype == torch.float32 or not v.is_floating_point(), k
+        assert torch.equal(weights[k].to(v.dtype), v), k  # the masters round to the training weights
+        finer += int(not torch.equal(weights[k], v.float()))
+    assert finer > len(bf16) // 2  # and most carry more precision than bf16

@@ -4,7 +4,6 @@ a tiny image pretraining run with resume through the real trainer."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
@@ -198,7 +197,7 @@ def test_flat_folder_has_no_labels_and_eval_fraction_carves_a_stable_val_split(t
     assert counts["train"] + counts["val"] == 20 and 0 < counts["val"] < 10 and manifest["classes"] == []
     again = prep(flat, tmp_path / "again", "mds", "--eval-fraction", "0.3", "--workers", "2", "--images-per-part", "3")
     assert {s: again["splits"][s]["samples"] for s in ("train", "val")} == counts
-    over = [f"data.format=mds", f"data.train_url={tmp_path}/out/val", "model.max_len=256", "model.modality=continuous",
+    over = ["data.format=mds", f"data.train_url={tmp_path}/out/val", "model.max_len=256", "model.modality=continuous",
             "model.d_raw=3", "model.num_latents=16", "data.micro_batch_size=1", f"run_dir={tmp_path}/run"]
     batch = next(iter(build_loader(load_config(None, over), "train", 0, 1)))
     assert batch.targets is None and batch.inputs.shape == (1, RES * RES, 3)

@@ -20,7 +20,7 @@ from sma.export import export
 from sma.train.metrics import read_metrics
 from sma.train.preemption import PREEMPTED_EXIT_CODE
 from sma.train.schedule import lr_ratio
-from helpers_train import TINY_RUN, run, start
+from helpers_train import TINY_RUN, assert_fp32_masters_of, run, start
 
 pytestmark = pytest.mark.slow
 
@@ -175,13 +175,5 @@ def test_preempted_two_rank_run_saves_and_resumes_on_one_rank(tmp_path: Path) ->
 def test_export_of_a_bf16_run_without_zero_keeps_the_fp32_master_weights(tmp_path: Path) -> None:
     run_dir = tmp_path / "bf16"
     run(1, [f"run_dir={run_dir}", "zero_stage=0", "precision=bf16", "max_steps=6", "wandb_mode=disabled"])
-    tag = run_dir / "checkpoints" / "step00000006"
-    bf16 = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
     exported = read_consolidated(export(run_dir / "checkpoints", tmp_path / "bf16.pt"))["model"]
-    assert exported.keys() == bf16.keys()
-    finer = 0
-    for k, v in bf16.items():
-        assert exported[k].dtype == torch.float32 or not v.is_floating_point(), k
-        assert torch.equal(exported[k].to(v.dtype), v), k  # the masters round to the training weights
-        finer += int(not torch.equal(exported[k], v.float()))
-    assert finer > len(bf16) // 2  # and most carry more precision than bf16
+    assert_fp32_masters_of(run_dir / "checkpoints" / "step00000006", exported)
