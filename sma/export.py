@@ -36,19 +36,28 @@ def consolidated_state_dict(tag_dir: Path, cfg: TrainConfig) -> dict[str, torch.
     masters = (states.get("optimizer") or {}).get("fp32_groups")
     if masters:
         # DeepSpeed stores the masters per optimizer param group, by position: meta.json names them.
-        for group, fp32 in zip(optimizer_params(tag_dir, cfg), masters, strict=True):
+        groups = optimizer_params(tag_dir, cfg, set(weights))
+        if groups is None:
+            log.warning("%s records no names for its optimizer's fp32 master weights (saved by an older "
+                        "version) and is no pretraining run: its %s weights are used as they are", tag_dir,
+                        cfg.precision)
+            return weights
+        for group, fp32 in zip(groups, masters, strict=True):
             for name, master in zip(group, fp32, strict=True):
                 weights[name] = master.float()
     return weights
 
 
-def optimizer_params(tag_dir: Path, cfg: TrainConfig) -> list[list[str]]:
-    """The parameter names of each optimizer group of checkpoint ``tag_dir``, in order. Checkpoints from
-    before meta.json recorded them were all pretraining runs: rebuild the pretraining groups."""
+def optimizer_params(tag_dir: Path, cfg: TrainConfig, saved: set[str]) -> list[list[str]] | None:
+    """The parameter names of each optimizer group of checkpoint ``tag_dir``, in order, as its meta.json
+    records them. Older checkpoints: the pretraining groups rebuilt, if ``saved`` (the checkpoint's
+    weight names) is a pretraining model's; otherwise None (a fine-tune's groups depend on its settings)."""
     recorded = read_meta(tag_dir).get("optimizer_params")
     if recorded is not None:
         return recorded
     model = build_pretrain_model(cfg.model, cfg.masking)
+    if set(model.state_dict()) != saved:
+        return None
     names = {id(p): n for n, p in model.named_parameters()}
     return [[names[id(p)] for p in g["params"]] for g in param_groups(model, cfg.optim.weight_decay)]
 

@@ -146,6 +146,13 @@ def test_a_bf16_finetune_without_zero_loads_with_its_fp32_master_weights(root: P
     assert_fp32_masters_of(tag, weights)
     model, _ = load_encoder(str(checkpoints), torch.device("cpu"), pool="query")
     assert torch.equal(model.state_dict()["query"], weights["query"])
+    # a checkpoint of an older version names no groups: its bf16 weights are read as they are
+    meta = json.loads((tag / "meta.json").read_text())
+    del meta["optimizer_params"]
+    (tag / "meta.json").write_text(json.dumps(meta))
+    older, _ = load_pretrained_weights(checkpoints)
+    bf16 = torch.load(tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    assert older.keys() == bf16.keys() and all(torch.equal(older[k], v.float()) for k, v in bf16.items())
 
 
 def test_two_ranks_with_a_global_batch_follow_the_one_rank_run(finetuned: dict[str, Path], root: Path,

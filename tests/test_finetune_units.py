@@ -14,7 +14,7 @@ import torch
 from sma.config import ConfigError, load_config, to_dict
 from sma.export import FORMAT
 from sma.finetune.results import markdown_table, rows_of, summarize
-from sma.finetune.taskdata import StandardizedRows, continuous_splits
+from sma.finetune.taskdata import StandardizedRows, continuous_splits, train_stats
 from sma.finetune.trainer import SplitSamples, TargetScale, finetune_param_groups, resolve_init
 from sma.model import build_finetune_model, build_pretrain_model
 from sma.train.checkpointing import atomic_torch_save
@@ -143,6 +143,9 @@ def test_continuous_splits_read_rows_standardized_with_train_statistics_and_keep
         std[0, 0] = 1.0
     np.testing.assert_allclose(np.asarray(stats["mean"]).reshape(mean.shape), mean, rtol=1e-12)
     np.testing.assert_allclose(np.asarray(stats["std"]).reshape(std.shape), std, rtol=1e-9)
+    chunked = train_stats(raw["train"], per_channel, chunk_values=1000)  # 55 rows a chunk, the last one short
+    np.testing.assert_allclose(chunked[0].reshape(mean.shape), mean, rtol=1e-12)
+    np.testing.assert_allclose(chunked[1].reshape(std.shape), std, rtol=1e-9)
     for name, split in splits.items():
         assert split.inputs.raw is raw[name]  # no copy of the split, standardized or not
         rows = np.stack(list(split.inputs))

@@ -44,7 +44,13 @@ class Collate:
             raise InputError(
                 f"sample has {x.shape[0]} tokens but the stored statistics cover {self.mean.shape[0]}"
             )
-        return (x - self.mean) / self.std
+        return standardized(x, self.mean, self.std)
+
+
+def standardized(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """float32 ``(x - mean) / std`` of one sample's ``(n, d_raw)`` values (any numeric dtype: uint8 pixels
+    too); ``mean``/``std`` float32 ``(n, d_raw)`` or ``(1, d_raw)``."""
+    return (np.asarray(x, dtype=np.float32) - mean) / std
 
 
 def _stats_array(values) -> np.ndarray:

@@ -110,42 +110,68 @@ def release_stale_shared_memory(local_dirs: Collection[str] | None) -> list[str]
 REGISTRATION_LOCK = "sma_streaming_registration.lock"
 
 
-@contextlib.contextmanager
-def registration_lock(timeout_s: float = 120.0) -> Iterator[None]:
-    """On the local leader, hold a machine-wide lock while a ``StreamingDataset`` is made.
+def registration_lock_path() -> str:
+    """Beside the prefixes it guards: ``/dev/shm`` is one per machine, whatever ``$TMPDIR`` a scheduler
+    sets per job."""
+    return os.path.join(SHM_DIR if os.path.isdir(SHM_DIR) else tempfile.gettempdir(), REGISTRATION_LOCK)
 
-    streaming looks for the first free prefix, waits at a barrier, then creates ``NNNNNN_locals`` without
-    looking again; two jobs starting together on one machine (a sweep, a scheduler packing small jobs)
-    pick the same prefix and one dies with ``FileExistsError: '/NNNNNN_locals'``. The wait is bounded:
-    a leader holding the lock may sit in a barrier with ranks on other machines, and two multi-machine
-    jobs sharing machines must not wait on each other for ever; after ``timeout_s`` we go on unlocked,
-    as streaming alone would. Other local ranks only look up what their leader registered.
-    """
-    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
-        yield
-        return
-    import fcntl
 
-    path = os.path.join(tempfile.gettempdir(), REGISTRATION_LOCK)
+def _open_lock(path: str) -> int | None:
+    try:  # an existing file first: O_CREAT on another user's file in a sticky folder is refused (protected_regular)
+        return os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log.warning("cannot open %s (%s): registering this dataset without it", path, err)
+        return None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as err:  # another user's lock file we may not open: no worse than streaming alone
-        log.debug("no registration lock (%s)", err)
-        yield
-        return
+    except OSError as err:
+        log.warning("cannot create %s (%s): registering this dataset without it", path, err)
+        return None
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o666)  # other users' jobs on this machine share the prefixes, so the lock too
+    return fd
+
+
+def _acquire(fd: int, path: str, timeout_s: float) -> None:
+    import fcntl
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                log.warning("%s still held after %.0f s; registering without it", path, timeout_s)
+                return
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def registration_lock(timeout_s: float = 120.0) -> Iterator[None]:
+    """Make a ``StreamingDataset`` inside this: one job at a time per machine registers its prefix.
+
+    streaming has every rank look for the first free prefix before its first barrier, then the local
+    leader creates ``NNNNNN_locals`` without looking again; two jobs starting together on one machine (a
+    sweep, a scheduler packing small jobs) pick the same prefix, and one dies with ``FileExistsError:
+    '/NNNNNN_locals'`` or, worse, a rank of one job attaches to the other's segments. Here each local
+    leader takes a machine-wide lock, and every rank of the job (the caller's process group) waits until
+    all its leaders hold theirs before any of them looks for a prefix. The wait is bounded: two
+    multi-machine jobs sharing machines must not wait on each other for ever; after ``timeout_s`` a
+    leader goes on unlocked, as streaming alone would.
+    """
+    import torch.distributed as dist
+
+    path = registration_lock_path()
+    fd = _open_lock(path) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else None
     try:
-        deadline, held = time.monotonic() + timeout_s, False
-        while not held:
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-            except OSError:
-                if time.monotonic() > deadline:
-                    log.warning("%s still held after %.0f s; registering without it", path, timeout_s)
-                    break
-                time.sleep(0.02)
+        if fd is not None:
+            _acquire(fd, path, timeout_s)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock

@@ -15,6 +15,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from sma.data.collate import standardized
 from sma.inputs import InputError
 
 KINDS = ("classification", "binary", "regression")
@@ -43,8 +44,7 @@ class StandardizedRows(Sequence):
             return self.subset(range(len(self))[i])
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        row = self.raw[i if self.index is None else self.index[i]]
-        return (row.astype(np.float32) - self.mean) / self.std
+        return standardized(self.raw[i if self.index is None else self.index[i]], self.mean, self.std)
 
     def subset(self, indices: Sequence[int]) -> "StandardizedRows":
         idx = np.asarray(indices, dtype=np.int64)
@@ -95,18 +95,25 @@ def check_sizes(name: str, sizes: dict[str, int], split_mode: str) -> None:
                              "use more rows or other task.fractions / split settings")
 
 
-def train_stats(train: np.ndarray, per_channel: bool = False, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def train_stats(train: np.ndarray, per_channel: bool = False, chunk_values: int = 1 << 22,
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of the train split's ``(N, n, d_raw)`` values per feature, ``(n, d_raw)``, or with
-    ``per_channel`` one per channel over every token, ``(1, d_raw)``. Two passes over chunks of rows in
-    float64, so that no float64 copy of the split is made (ImageNet-100's pixels would need 112 GB). A
-    feature constant on train keeps std 1."""
+    ``per_channel`` one per channel over every token, ``(1, d_raw)``. Two passes in float64 over chunks of
+    about ``chunk_values`` values (32 MB), so that no float64 copy of the split is made (ImageNet-100's
+    pixels would need 112 GB). A feature constant on train keeps std 1."""
     axis = (0, 1) if per_channel else 0
+    rows = max(1, chunk_values // max(1, train[0].size))
     count = len(train) * (train.shape[1] if per_channel else 1)
-    total = sum(train[i:i + chunk].astype(np.float64).sum(axis=axis, keepdims=True)[0]
-                for i in range(0, len(train), chunk))
+    total = np.zeros((1 if per_channel else train.shape[1], train.shape[2]))
+    for i in range(0, len(train), rows):
+        total += train[i:i + rows].sum(axis=axis, dtype=np.float64, keepdims=True)[0]
     mean = total / count
-    squares = sum(((train[i:i + chunk].astype(np.float64) - mean) ** 2).sum(axis=axis, keepdims=True)[0]
-                  for i in range(0, len(train), chunk))
+    squares = np.zeros_like(total)
+    for i in range(0, len(train), rows):
+        c = train[i:i + rows].astype(np.float64)
+        np.subtract(c, mean, out=c)
+        np.square(c, out=c)
+        squares += c.sum(axis=axis, keepdims=True)[0]
     std = np.sqrt(squares / count)
     std[std < 1e-12] = 1.0
     return mean, std
