@@ -93,31 +93,48 @@ def test_only_registrations_of_dead_runs_on_our_folder_are_stale(tmp_path):
 
 READ_TOGETHER = """
 import os, sys, time
+import torch.distributed as dist
 from sma.config import load_config
 from sma.data import build_loader
+rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+if world > 1:
+    dist.init_process_group("gloo")
 cfg = load_config(None, ["data.format=mds", f"data.train_url={sys.argv[1]}", "model.max_len=64",
                          "model.num_latents=16", "data.micro_batch_size=2"])
 open(sys.argv[2] + f".{os.getpid()}", "w").close()  # ready
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)
-batch = next(iter(build_loader(cfg, "train", 0, 1)))
+batch = next(iter(build_loader(cfg, "train", rank, world)))
 print("READ", batch.inputs.shape[0], flush=True)
+if world > 1:
+    dist.destroy_process_group()
 """
 
 
-def test_jobs_starting_together_on_one_folder_all_read(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_jobs_starting_together_on_one_folder_all_read(tmp_path, ranks):
     """Independent jobs on one node (a sweep, or a scheduler packing small jobs) that open the same local
-    MDS folder at the same moment each register a shared-memory prefix; all of them must start."""
+    MDS folder at the same moment each register a shared-memory prefix; all of them must start. With 2
+    ranks a job, every rank looks for a free prefix, not only the one that registers it."""
     folder = tmp_path / "mds" / "train"
     write_mds(tmp_path, str(tmp_path / "mds"))
     script, go = tmp_path / "read_together.py", tmp_path / "go"
     script.write_text(READ_TOGETHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(go)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(6)]
-    while len(list(tmp_path.glob("go.*"))) < len(procs) and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    go.touch()
-    outcomes = [p.communicate(timeout=300) for p in procs]
-    failed = [err[-2000:] for p, (out, err) in zip(procs, outcomes) if p.returncode or not out.startswith("READ 2")]
+    launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  f"--nproc_per_node={ranks}"]
+    jobs = 6 // ranks
+    procs = [subprocess.Popen([*launch, str(script), str(folder), str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True) for _ in range(jobs)]
+    try:
+        while len(list(tmp_path.glob("go.*"))) < jobs * ranks and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        go.touch()
+        outcomes = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    failed = [err[-2000:] for p, (out, err) in zip(procs, outcomes)
+              if p.returncode or out.count("READ 2") != ranks]
     assert not failed, failed[0]
