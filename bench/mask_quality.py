@@ -147,8 +147,7 @@ def in_parallel(jobs: int, calls: list[Callable[[], T]], what: str) -> list[T]:
             for f in tqdm(as_completed(futures), total=len(futures), desc=what, unit="run", file=sys.stderr):
                 f.result()
         except BaseException:
-            for f in futures:
-                f.cancel()
+            pool.shutdown(cancel_futures=True)
             raise
         return [f.result() for f in futures]
 

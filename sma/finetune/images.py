@@ -68,15 +68,15 @@ def _decode(folder: str, listing: list[tuple[str, str]], side: int, split: str) 
 
     # Reading (file or network I/O) and Pillow's decoding and resizing release the GIL, so threads put the
     # rank's share of the cores to work on a split of 100k images.
-    pool = ThreadPoolExecutor(max(1, torch.get_num_threads()))
-    try:
-        for _ in tqdm(pool.map(one, range(len(listing))), total=len(listing), desc=f"decoding {split}",
-                      unit="image", disable=os.environ.get("RANK", "0") != "0", dynamic_ncols=True, mininterval=2.0):
-            pass
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # what has not started never runs
-        raise
-    pool.shutdown()
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        try:
+            for _ in tqdm(pool.map(one, range(len(listing))), total=len(listing), desc=f"decoding {split}",
+                          unit="image", disable=os.environ.get("RANK", "0") != "0", dynamic_ncols=True,
+                          mininterval=2.0):
+                pass
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # what has not started never runs
+            raise
     return out
 
 
